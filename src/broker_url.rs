@@ -1,0 +1,306 @@
+//! Broker URLs as written in `AMQPHeartbeatBroker`.
+//!
+//! Only what the relay needs is accepted: `amqp://` or `amqps://`, a host,
+//! an optional port, optional userinfo and an optional vhost. Userinfo and
+//! vhost are never used to log in (the client's own credentials pass through
+//! the relay); they are kept verbatim, still percent-encoded, only so the
+//! URL published to the app can carry them.
+//!
+//! The parser is hand-written rather than taken from the `url` or
+//! `amq-protocol-uri` crates because every rejection must name the part that
+//! is wrong in words an operator reading `apachectl -t` understands, and
+//! because the accepted grammar is deliberately narrower (no query string:
+//! the heartbeat is this module's business).
+
+use std::fmt;
+
+/// One upstream broker.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BrokerUrl {
+    /// `amqps://`: TLS with certificate verification.
+    pub tls: bool,
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    /// `user[:password]` exactly as written (still percent-encoded).
+    pub userinfo: Option<String>,
+    /// The path after the authority exactly as written, without the leading
+    /// `/` (still percent-encoded); `None` when the URL has no path.
+    pub vhost: Option<String>,
+}
+
+impl BrokerUrl {
+    pub fn parse(text: &str) -> Result<BrokerUrl, String> {
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| format!("'{}' is not a URL (expected amqp://host[:port][/vhost])", redact(text)))?;
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "amqp" => false,
+            "amqps" => true,
+            _ => {
+                return Err(format!(
+                    "unsupported scheme '{scheme}' in '{}' (expected amqp:// or amqps://)",
+                    redact(text)
+                ));
+            }
+        };
+        if rest.contains('?') || rest.contains('#') {
+            return Err(format!(
+                "'{}' has a query or fragment; none is supported (the heartbeat is set with AMQPHeartbeatInterval)",
+                redact(text)
+            ));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        let (userinfo, hostport) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        if let Some(ui) = userinfo {
+            check_percent_encoding(ui).map_err(|e| format!("bad user or password in '{}': {e}", redact(text)))?;
+        }
+        if let Some(p) = path {
+            if p.contains('/') {
+                return Err(format!(
+                    "vhost '{p}' in '{}' contains '/'; write it percent-encoded (%2F)",
+                    redact(text)
+                ));
+            }
+            check_percent_encoding(p).map_err(|e| format!("bad vhost in '{}': {e}", redact(text)))?;
+        }
+        let (host, port_text) = split_host_port(hostport).map_err(|e| format!("{e} in '{}'", redact(text)))?;
+        check_host(host).map_err(|e| format!("{e} in '{}'", redact(text)))?;
+        let port = match port_text {
+            None => {
+                if tls {
+                    5671
+                } else {
+                    5672
+                }
+            }
+            Some(p) => parse_port(p).map_err(|e| format!("{e} in '{}'", redact(text)))?,
+        };
+        Ok(BrokerUrl {
+            tls,
+            host: host.to_string(),
+            port,
+            userinfo: userinfo.map(str::to_string),
+            vhost: path.map(str::to_string),
+        })
+    }
+
+    /// `host:port` for connecting (IPv6 bracketed).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The vhost percent-decoded, as the broker names it.
+    pub fn vhost_decoded(&self) -> Option<String> {
+        self.vhost.as_deref().and_then(|v| percent_decode(v).ok())
+    }
+}
+
+/// Logs and error messages show the URL with the password hidden.
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "amqps" } else { "amqp" };
+        write!(f, "{scheme}://")?;
+        if let Some(ui) = &self.userinfo {
+            match ui.split_once(':') {
+                Some((user, _)) => write!(f, "{user}:***@")?,
+                None => write!(f, "{ui}@")?,
+            }
+        }
+        write!(f, "{}", self.authority())?;
+        if let Some(v) = &self.vhost {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Hide a password in text that failed to parse, so an error message that
+/// quotes the directive's value never leaks it to the error log.
+pub fn redact(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or(userinfo);
+            let shown = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            format!("{scheme}://{shown}@{}{tail}", &authority[at + 1..])
+        }
+        None => text.to_string(),
+    }
+}
+
+fn split_host_port(hostport: &str) -> Result<(&str, Option<&str>), String> {
+    if hostport.is_empty() {
+        return Err("missing host".to_string());
+    }
+    if let Some(inner) = hostport.strip_prefix('[') {
+        let close = inner.find(']').ok_or("unclosed '[' in IPv6 host")?;
+        let host = &inner[..close];
+        let after = &inner[close + 1..];
+        return match after {
+            "" => Ok((host, None)),
+            _ => match after.strip_prefix(':') {
+                Some(p) => Ok((host, Some(p))),
+                None => Err(format!("unexpected '{after}' after IPv6 host")),
+            },
+        };
+    }
+    match hostport.rsplit_once(':') {
+        Some((h, p)) => {
+            if h.contains(':') {
+                Err(format!("IPv6 host '{hostport}' must be written in brackets, e.g. [::1]"))
+            } else {
+                Ok((h, Some(p)))
+            }
+        }
+        None => Ok((hostport, None)),
+    }
+}
+
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("missing host".to_string());
+    }
+    if host.contains(':') {
+        return host
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| format!("'{host}' is not an IPv6 address"));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let trimmed = host.strip_suffix('.').unwrap_or(host);
+    if trimmed.len() > 253 || !trimmed.split('.').all(label_ok) {
+        return Err(format!("'{host}' is not a valid host name"));
+    }
+    // All-numeric dotted names must be real IPv4 addresses: "1.2.3.256" is a
+    // typo, not a host name.
+    if trimmed.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit())) && trimmed.parse::<std::net::Ipv4Addr>().is_err() {
+        return Err(format!("'{host}' is not a valid IPv4 address"));
+    }
+    Ok(())
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port '{text}' is not a number"));
+    }
+    match text.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        _ => Err(format!("port '{text}' is out of range (1..65535)")),
+    }
+}
+
+fn check_percent_encoding(text: &str) -> Result<(), String> {
+    percent_decode(text).map(|_| ())
+}
+
+/// Decode `%XX` escapes; the result must be UTF-8 because RabbitMQ vhost
+/// and user names are.
+pub fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or_else(|| format!("'%' at the end of '{text}' is not a %XX escape"))?;
+            let value = std::str::from_utf8(hex)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("'%{}' in '{text}' is not a %XX escape", String::from_utf8_lossy(hex)))?;
+            out.push(value);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("'{text}' does not decode to UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_url() {
+        let u = BrokerUrl::parse("amqp://nova:s%40cret@rabbit1.example.org:5673/nova%2Fprod").unwrap();
+        assert!(!u.tls);
+        assert_eq!(u.host, "rabbit1.example.org");
+        assert_eq!(u.port, 5673);
+        assert_eq!(u.userinfo.as_deref(), Some("nova:s%40cret"));
+        assert_eq!(u.vhost.as_deref(), Some("nova%2Fprod"));
+        assert_eq!(u.vhost_decoded().as_deref(), Some("nova/prod"));
+        assert_eq!(u.to_string(), "amqp://nova:***@rabbit1.example.org:5673/nova%2Fprod");
+    }
+
+    #[test]
+    fn defaults_and_ipv6() {
+        let u = BrokerUrl::parse("amqps://[::1]").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.port, 5671);
+        assert_eq!(u.authority(), "[::1]:5671");
+        assert_eq!(u.vhost, None);
+        let u = BrokerUrl::parse("AMQP://127.0.0.1/").unwrap();
+        assert_eq!(u.port, 5672);
+        assert_eq!(u.vhost.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn rejections_name_the_problem() {
+        let cases = [
+            ("http://h/", "unsupported scheme 'http'"),
+            ("rabbit1:5672", "is not a URL"),
+            ("amqp://", "missing host"),
+            ("amqp://h:0/", "out of range"),
+            ("amqp://h:70000/", "out of range"),
+            ("amqp://h:abc/", "is not a number"),
+            ("amqp://bad_host/", "not a valid host name"),
+            ("amqp://1.2.3.256/", "not a valid IPv4"),
+            ("amqp://::1/", "must be written in brackets"),
+            ("amqp://[::g]/", "not an IPv6 address"),
+            ("amqp://u:p%zz@h/", "bad user or password"),
+            ("amqp://h/v%4", "bad vhost"),
+            ("amqp://h/a/b", "contains '/'"),
+            ("amqp://h/?heartbeat=5", "query"),
+            ("amqp://h/%ff", "UTF-8"),
+        ];
+        for (text, want) in cases {
+            let err = BrokerUrl::parse(text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn passwords_never_in_errors() {
+        let err = BrokerUrl::parse("amqp://user:topsecret@h:99999/").unwrap_err();
+        assert!(!err.contains("topsecret"), "{err}");
+        assert!(err.contains("user:***@"), "{err}");
+        assert_eq!(redact("amqp://u:pw@h/x"), "amqp://u:***@h/x");
+        assert_eq!(redact("no url"), "no url");
+    }
+}

@@ -1,0 +1,33 @@
+//! mod_amqp_heartbeat: an Apache httpd module that runs, in each prefork
+//! child, one native thread holding a local AMQP 0-9-1 relay, so the
+//! upstream broker connection's heartbeats keep going whatever the embedded
+//! interpreter does.
+//!
+//! Layout and data flow:
+//!
+//! - [`config`] and [`broker_url`]: directive parsing, validation and the
+//!   Apache-style merge. Safe, unit-tested, no httpd symbols.
+//! - [`relay`]: the relay proper. [`relay::frame`] finds frame boundaries,
+//!   [`relay::methods`] decodes and builds the few connection-class methods
+//!   the relay owns, [`relay::heartbeat`] is the timer type,
+//!   [`relay::connection`] moves bytes between one client and its broker,
+//!   [`relay::upstream`] dials brokers (failover, TLS), [`relay::peer`]
+//!   checks that a client socket belongs to this process, and
+//!   [`relay::server`] accepts connections and runs the event loop.
+//! - [`relay_thread`]: the one native thread per child: signals blocked,
+//!   panics caught and the relay restarted, bounded stop.
+//! - `apache` (the only `unsafe` code): bindgen bindings, the directive
+//!   handlers, the hooks (check_config, child_init, fixups) and the bridge
+//!   from relay events to `ap_log_error`. The C shim in `apache/` holds the
+//!   module record, the command table and the varargs log call.
+//!
+//! ```text
+//! app client --tcp 127.0.0.1:PORT--> [relay thread] ==amqp(s)==> broker
+//! ```
+
+pub mod broker_url;
+pub mod config;
+pub mod relay;
+pub mod relay_thread;
+
+mod apache;

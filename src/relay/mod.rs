@@ -1,0 +1,68 @@
+//! The AMQP 0-9-1 heartbeat relay (see DESIGN.md, "Relay rules").
+//!
+//! One current-thread tokio runtime per relay thread; one task per relayed
+//! connection. Frames are found by their boundary and passed on untouched,
+//! except connection-class methods on channel 0 and heartbeats, which the
+//! relay owns.
+
+pub mod connection;
+pub mod frame;
+pub mod heartbeat;
+pub mod methods;
+pub mod peer;
+pub mod server;
+pub mod upstream;
+
+use crate::config::RelaySettings;
+use std::sync::Arc;
+
+/// Severity of a relay event; the Apache layer maps it to APLOG_*.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error,
+    Warn,
+    Notice,
+    Info,
+    Debug,
+}
+
+/// Where relay events go. `listener` is the index of the listener (in the
+/// order given to the relay) the event concerns, so the Apache layer can log
+/// with the right `server_rec`. Messages never contain credentials.
+pub trait EventLog: Send + Sync {
+    fn event(&self, listener: usize, level: Level, message: &str);
+}
+
+/// An [`EventLog`] that prints to stderr; for tests and benchmarks.
+pub struct StderrLog;
+
+impl EventLog for StderrLog {
+    fn event(&self, listener: usize, level: Level, message: &str) {
+        eprintln!("[relay {listener} {level:?}] {message}");
+    }
+}
+
+/// One loopback listener and the upstream settings of the server(s) it
+/// serves. The socket is bound by the caller (in child_init, before the URL
+/// is published) so the address is connectable as soon as the app reads it.
+pub struct RelayListener {
+    pub listener: std::net::TcpListener,
+    pub settings: Arc<RelaySettings>,
+}
+
+impl RelayListener {
+    /// Bind an ephemeral port on 127.0.0.1 (close-on-exec, as every socket
+    /// std opens).
+    pub fn bind_loopback(settings: Arc<RelaySettings>) -> std::io::Result<RelayListener> {
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+        listener.set_nonblocking(true)?;
+        Ok(RelayListener { listener, settings })
+    }
+
+    pub fn try_clone(&self) -> std::io::Result<RelayListener> {
+        Ok(RelayListener {
+            listener: self.listener.try_clone()?,
+            settings: Arc::clone(&self.settings),
+        })
+    }
+}
