@@ -1,0 +1,45 @@
+# mod_amqp_heartbeat. `make` builds, `make install` installs the Debian way,
+# `make test` / `make demo` / `make bench` install what is missing first.
+
+CARGO      ?= cargo
+APXS       ?= apxs
+MODULE_SO  := target/release/libmod_amqp_heartbeat.so
+MODULE     := target/mod_amqp_heartbeat.so
+PYTHON     := /usr/bin/python3
+
+.PHONY: all build install deps test test-unit test-relay test-httpd test-e2e demo bench lint clean
+
+all: build
+
+build: $(MODULE)
+
+# cargo decides what is stale; the copy gives the module its httpd name.
+$(MODULE): FORCE
+	$(CARGO) build --release
+	cp $(MODULE_SO) $(MODULE)
+
+FORCE:
+
+install: build
+	install -D -m 644 $(MODULE) $(DESTDIR)$$($(APXS) -q LIBEXECDIR)/mod_amqp_heartbeat.so
+	install -D -m 644 apache/amqp_heartbeat.load $(DESTDIR)/etc/apache2/mods-available/amqp_heartbeat.load
+	install -D -m 644 apache/amqp_heartbeat.conf $(DESTDIR)/etc/apache2/mods-available/amqp_heartbeat.conf
+
+deps:
+	scripts/install-deps.sh
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: deps
+	scripts/test.sh
+
+demo: deps build
+	$(PYTHON) demo/demo.py
+
+bench: deps build
+	scripts/bench.sh
+
+clean:
+	$(CARGO) clean
