@@ -1,0 +1,43 @@
+#!/bin/bash
+# Every test: lint, build, Rust unit + relay integration tests, then the
+# Python tests against real httpd / RabbitMQ (tests/httpd, tests/e2e).
+# `make test` runs this after scripts/install-deps.sh.
+#
+# Work dirs go under $AMQPHB_TMP (exported for the Rust tests too); on exit,
+# anything still running from there (apache2, beam, epmd) is killed, and
+# nothing else.
+set -e
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+PYTHON=/usr/bin/python3
+
+export AMQPHB_TMP="$REPO/tmp/test-run-$$"
+mkdir -p "$AMQPHB_TMP"
+chmod 755 "$REPO/tmp" "$AMQPHB_TMP"   # httpd children (www-data) reach their dirs
+
+cleanup() {
+    status=$?
+    if ! $PYTHON tests/harness/procs.py leftovers "$AMQPHB_TMP" --kill; then
+        echo "test.sh: processes were left running (killed above)" >&2
+        [ "$status" -ne 0 ] || status=1
+    fi
+    [ "$status" -ne 0 ] || rm -rf "$AMQPHB_TMP"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step() { echo; echo "=== $*"; }
+
+step "cargo fmt --check"
+cargo fmt --check
+step "cargo clippy"
+cargo clippy --all-targets -- -D warnings
+step "make build"
+make build
+step "cargo test"
+cargo test
+suites=(tests/httpd)
+[ -d tests/e2e ] && suites+=(tests/e2e)
+step "pytest ${suites[*]}"
+$PYTHON -m pytest -v -p no:cacheprovider "${suites[@]}"

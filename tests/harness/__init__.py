@@ -1,0 +1,11 @@
+"""Test harness for mod_amqp_heartbeat: private RabbitMQ nodes and private
+httpd instances on loopback, started by the tests and always stopped.
+
+- ports: free loopback TCP ports.
+- procs: /proc helpers (threads, children, leftovers by work dir).
+- certs: a throw-away CA and server certificate (openssl CLI).
+- rabbit: RabbitNode, a private RabbitMQ node (also a CLI for Rust tests).
+- httpd: Httpd, a private /usr/sbin/apache2 instance.
+
+Standard library only; run with Debian's /usr/bin/python3.
+"""

@@ -1,0 +1,158 @@
+"""Issue 2: `apache2 -t` accepts a good configuration and rejects bad ones
+with a message naming the directive (and the bad value)."""
+
+import os
+import subprocess
+
+import pytest
+
+from harness import certs
+
+GOOD = """
+AMQPHeartbeatBroker amqp://guest:guest@127.0.0.1:5672/ amqp://guest:guest@[::1]:5673/%2F
+AMQPHeartbeatInterval 5
+AMQPHeartbeatConnectTimeout 3
+AMQPHeartbeatMaxConnections 8
+AMQPHeartbeatEnv AMQP_HEARTBEAT_URL
+AMQPHeartbeatEnv OS_DEFAULT__TRANSPORT_URL rabbit
+<VirtualHost 127.0.0.1:@PORT@>
+    ServerName api.test
+    AMQPHeartbeatBroker amqps://nova:s%40cret@localhost:5671/nova
+    AMQPHeartbeatTLSCACertificateFile @CA@
+    AMQPHeartbeatEnv NOVA_URL pyamqp
+    AMQPHeartbeatInterval 3600
+</VirtualHost>
+"""
+
+B = "AMQPHeartbeatBroker"
+
+# (id, config body, substrings the output must contain)
+BAD = [
+    ("scheme", B + " ftp://127.0.0.1/", [B, "unsupported scheme 'ftp'"]),
+    ("not-a-url", B + " rabbit1:5672", [B, "is not a URL"]),
+    ("host", B + " amqp://bad_host/", [B, "'bad_host' is not a valid host name"]),
+    ("ipv4", B + " amqp://1.2.3.256/", [B, "not a valid IPv4"]),
+    ("ipv6-brackets", B + " amqp://::1/", [B, "brackets"]),
+    ("port-0", B + " amqp://h:0/", [B, "port '0' is out of range"]),
+    ("port-70000", B + " amqp://h:70000/", [B, "port '70000' is out of range"]),
+    ("port-abc", B + " amqp://h:abc/", [B, "port 'abc' is not a number"]),
+    ("second-url-bad", B + " amqp://h/ amqp://h:99999/", [B, "99999"]),
+    ("user-percent", B + " amqp://u:p%zz@h/", [B, "bad user or password"]),
+    ("vhost-percent", B + " amqp://h/v%4", [B, "bad vhost"]),
+    ("vhost-slash", B + " amqp://h/a/b", [B, "contains '/'"]),
+    ("query", B + " amqp://h/?heartbeat=5", [B, "query"]),
+    ("broker-no-args", B, [B]),
+    ("broker-twice", B + " amqp://a/\n" + B + " amqp://b/", [B, "given twice"]),
+    ("interval-0", "AMQPHeartbeatInterval 0", ["AMQPHeartbeatInterval", "0 is out of range"]),
+    ("interval-3601", "AMQPHeartbeatInterval 3601", ["AMQPHeartbeatInterval", "3601 is out of range"]),
+    ("interval-abc", "AMQPHeartbeatInterval abc", ["AMQPHeartbeatInterval", "'abc' is not a whole number"]),
+    ("interval-negative", "AMQPHeartbeatInterval -1", ["AMQPHeartbeatInterval", "'-1'"]),
+    ("interval-2-args", "AMQPHeartbeatInterval 5 6", ["AMQPHeartbeatInterval"]),
+    ("connect-timeout-0", "AMQPHeartbeatConnectTimeout 0", ["AMQPHeartbeatConnectTimeout", "0 is out of range"]),
+    ("max-connections-0", "AMQPHeartbeatMaxConnections 0", ["AMQPHeartbeatMaxConnections", "0 is out of range"]),
+    ("max-connections-abc", "AMQPHeartbeatMaxConnections abc",
+     ["AMQPHeartbeatMaxConnections", "'abc' is not a whole number"]),
+    ("env-name", "AMQPHeartbeatEnv 1BAD", ["AMQPHeartbeatEnv", "'1BAD' is not a valid environment variable name"]),
+    ("env-name-dash", "AMQPHeartbeatEnv A-B", ["AMQPHeartbeatEnv", "'A-B'"]),
+    ("env-scheme", "AMQPHeartbeatEnv X amqps", ["AMQPHeartbeatEnv", "unknown scheme 'amqps'"]),
+    ("env-3-args", "AMQPHeartbeatEnv A amqp extra", ["AMQPHeartbeatEnv"]),
+    ("env-twice", "AMQPHeartbeatEnv A\nAMQPHeartbeatEnv A", ["AMQPHeartbeatEnv", "A is already published"]),
+    ("ca-missing", "AMQPHeartbeatTLSCACertificateFile @WORKDIR@/no-such-ca.pem",
+     ["AMQPHeartbeatTLSCACertificateFile", "cannot read CA file", "no-such-ca.pem"]),
+    ("ca-directory", "AMQPHeartbeatTLSCACertificateFile @WORKDIR@",
+     ["AMQPHeartbeatTLSCACertificateFile", "cannot read CA file"]),
+    ("ca-no-certificate", "AMQPHeartbeatTLSCACertificateFile @NOTCERT@",
+     ["AMQPHeartbeatTLSCACertificateFile", "holds no PEM certificate"]),
+    ("bad-value-in-vhost",
+     "<VirtualHost 127.0.0.1:@PORT@>\nServerName v.test\nAMQPHeartbeatInterval 0\n</VirtualHost>",
+     ["AMQPHeartbeatInterval", "0 is out of range"]),
+]
+
+
+def _files(workdir):
+    pki = certs.make_pki(os.path.join(workdir, "pki"))
+    notcert = os.path.join(workdir, "not-a-cert.pem")
+    with open(notcert, "w") as f:
+        f.write("this is not a certificate\n")
+    return pki["ca"], notcert
+
+
+def _configtest(make_httpd, body):
+    h = make_httpd(body)
+    ca, notcert = _files(h.workdir)
+    h.body = body.replace("@CA@", ca).replace("@NOTCERT@", notcert)
+    h.write_config()
+    return h.configtest()
+
+
+def test_module_exports_its_record(module_so):
+    out = subprocess.run(["nm", "-D", "--defined-only", module_so], capture_output=True, text=True).stdout
+    assert " amqp_heartbeat_module" in out, "amqp_heartbeat_module is not exported by %s" % module_so
+
+
+def test_good_config_main_server_and_vhost(module_so, make_httpd):
+    rc, out = _configtest(make_httpd, GOOD)
+    assert rc == 0 and "Syntax OK" in out, out
+
+
+@pytest.mark.parametrize("body,wanted", [pytest.param(b, w, id=i) for i, b, w in BAD])
+def test_bad_config_is_refused(module_so, make_httpd, body, wanted):
+    rc, out = _configtest(make_httpd, body)
+    assert rc != 0, "apache2 -t accepted:\n%s\n---\n%s" % (body, out)
+    for w in wanted:
+        assert w in out, "%r missing from apache2 -t output:\n%s" % (w, out)
+
+
+def test_password_is_not_in_error(module_so, make_httpd):
+    rc, out = _configtest(make_httpd, B + " amqp://nova:topsecret@h:99999/")
+    assert rc != 0, out
+    assert "topsecret" not in out, out
+    assert B in out and "nova:***@" in out, out
+
+
+def test_same_env_name_different_brokers_in_two_vhosts(module_so, make_httpd):
+    body = """
+<VirtualHost 127.0.0.1:@PORT@>
+    ServerName first.test
+    AMQPHeartbeatBroker amqp://rabbit-a/
+</VirtualHost>
+<VirtualHost 127.0.0.1:@PORT@>
+    ServerName second.test
+    AMQPHeartbeatBroker amqp://rabbit-b/
+</VirtualHost>
+"""
+    rc, out = _configtest(make_httpd, body)
+    assert rc != 0, out
+    for w in ("AMQPHeartbeatEnv", "AMQP_HEARTBEAT_URL", "first.test", "second.test"):
+        assert w in out, "%r missing from apache2 -t output:\n%s" % (w, out)
+
+
+def test_same_env_name_main_server_and_vhost(module_so, make_httpd):
+    body = """
+AMQPHeartbeatBroker amqp://rabbit-a/
+AMQPHeartbeatEnv SHARED_URL
+<VirtualHost 127.0.0.1:@PORT@>
+    ServerName other.test
+    AMQPHeartbeatBroker amqp://rabbit-b/
+</VirtualHost>
+"""
+    rc, out = _configtest(make_httpd, body)
+    assert rc != 0, out
+    for w in ("SHARED_URL", "main server", "other.test"):
+        assert w in out, "%r missing from apache2 -t output:\n%s" % (w, out)
+
+
+def test_same_env_name_same_broker_is_fine(module_so, make_httpd):
+    body = """
+AMQPHeartbeatBroker amqp://rabbit-a/
+<VirtualHost 127.0.0.1:@PORT@>
+    ServerName same.test
+</VirtualHost>
+<VirtualHost 127.0.0.1:@PORT@>
+    ServerName other.test
+    AMQPHeartbeatBroker amqp://rabbit-b/
+    AMQPHeartbeatEnv OTHER_URL
+</VirtualHost>
+"""
+    rc, out = _configtest(make_httpd, body)
+    assert rc == 0 and "Syntax OK" in out, out

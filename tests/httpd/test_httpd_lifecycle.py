@@ -1,0 +1,85 @@
+"""Issue 2: `apachectl graceful` and stop. Old children exit promptly, no
+thread or process is left, the parent never gets a thread, and the error log
+shows each child's relay thread stopping cleanly."""
+
+import re
+
+import pytest
+
+from harness import ports, procs
+from harness.httpd import wsgi_body
+
+PROMPT = 5.0  # seconds an idle child may take to exit
+STOPPED = r"\[amqp_heartbeat:\w+\].*relay thread stopped cleanly"
+URL_RX = re.compile(r"^amqp://guest:guest@127\.0\.0\.1:(\d+)/$")
+CASES = [
+    pytest.param("prefork", None, id="prefork"),
+    # See test_httpd_children.py for why event runs the app in %{GLOBAL}.
+    pytest.param("event", "%{GLOBAL}", id="event-global"),
+]
+
+
+def start(make_httpd, mpm, group):
+    body = "AMQPHeartbeatBroker amqp://guest:guest@127.0.0.1:%d/\n" % ports.free_port() + wsgi_body(group=group)
+    h = make_httpd(body, mpm=mpm, wsgi=True).start()
+    answers = h.hit_all_children("/?sleep=0.3")
+    threads = {pid: h.stable_threads(pid) for pid in answers}
+    return h, answers, threads
+
+
+def assert_clean_stop_logged(h, pids):
+    for pid in pids:
+        assert h.log_lines(STOPPED, pid=pid), "no clean relay stop logged by child %d\n%s" % (
+            pid, h.error_log_tail())
+    assert not h.log_lines(r"panic|\[amqp_heartbeat:(error|crit|alert|emerg)\]"), h.error_log_tail()
+
+
+@pytest.mark.parametrize("mpm,group", CASES)
+def test_graceful_restart(module_so, make_httpd, mpm, group):
+    h, answers, threads = start(make_httpd, mpm, group)
+    parent_threads = h.stable_threads(h.parent_pid)
+    old = h.graceful()
+    assert sorted(old) == sorted(answers)
+    left = procs.wait_gone(old, PROMPT)
+    assert not left, "old children still running %.0f s after graceful: %s\n%s" % (
+        PROMPT, procs.describe(left), h.error_log_tail())
+    assert_clean_stop_logged(h, old)
+
+    new = h.wait_children(exclude=old)
+    assert h.stable_threads(h.parent_pid) == parent_threads, "the parent got a thread on graceful"
+    assert procs.listening_ports(h.parent_pid) == [h.port]
+    per_child = set(threads.values())
+    assert len(per_child) == 1, threads
+    expected = per_child.pop()
+    for pid in new:
+        assert h.stable_threads(pid) == expected, "new child %d: %d threads, old ones had %d" % (
+            pid, h.threads(pid), expected)
+    # The new children publish working URLs of their own.
+    fresh = h.hit_all_children("/?sleep=0.3&connect=1")
+    assert sorted(fresh) == sorted(new)
+    for pid, a in fresh.items():
+        env = a["env"]["AMQP_HEARTBEAT_URL"]
+        assert env["os.environ"] and URL_RX.match(env["os.environ"]), env
+        assert env["wsgi"] == env["os.environ"] and env["connect"] == "ok", env
+
+
+@pytest.mark.parametrize("mpm,group", CASES)
+def test_stop(module_so, make_httpd, mpm, group):
+    h, answers, _ = start(make_httpd, mpm, group)
+    parent, children = h.parent_pid, sorted(answers)
+    report = h.stop()
+    assert report["killed"] == [], report
+    assert report["seconds"] < PROMPT, "stop took %.1f s" % report["seconds"]
+    assert not [p for p in children + [parent] if procs.alive(p)]
+    assert procs.leftovers(h.conf_path) == []
+    assert_clean_stop_logged(h, children)
+
+
+def test_graceful_stop(module_so, make_httpd):
+    """apache2 -k graceful-stop: children finish, relays stop cleanly."""
+    h, answers, _ = start(make_httpd, "prefork", None)
+    r = h._run("-k", "graceful-stop")
+    assert r.returncode == 0, r.stdout + r.stderr
+    left = procs.wait_gone(sorted(answers) + [h.parent_pid], PROMPT)
+    assert not left, procs.describe(left)
+    assert_clean_stop_logged(h, answers)
