@@ -31,9 +31,12 @@ pub struct BrokerUrl {
 
 impl BrokerUrl {
     pub fn parse(text: &str) -> Result<BrokerUrl, String> {
-        let (scheme, rest) = text
-            .split_once("://")
-            .ok_or_else(|| format!("'{}' is not a URL (expected amqp://host[:port][/vhost])", redact(text)))?;
+        let (scheme, rest) = text.split_once("://").ok_or_else(|| {
+            format!(
+                "'{}' is not a URL (expected amqp://host[:port][/vhost])",
+                redact(text)
+            )
+        })?;
         let tls = match scheme.to_ascii_lowercase().as_str() {
             "amqp" => false,
             "amqps" => true,
@@ -59,7 +62,8 @@ impl BrokerUrl {
             None => (None, authority),
         };
         if let Some(ui) = userinfo {
-            check_percent_encoding(ui).map_err(|e| format!("bad user or password in '{}': {e}", redact(text)))?;
+            check_percent_encoding(ui)
+                .map_err(|e| format!("bad user or password in '{}': {e}", redact(text)))?;
         }
         if let Some(p) = path {
             if p.contains('/') {
@@ -68,9 +72,11 @@ impl BrokerUrl {
                     redact(text)
                 ));
             }
-            check_percent_encoding(p).map_err(|e| format!("bad vhost in '{}': {e}", redact(text)))?;
+            check_percent_encoding(p)
+                .map_err(|e| format!("bad vhost in '{}': {e}", redact(text)))?;
         }
-        let (host, port_text) = split_host_port(hostport).map_err(|e| format!("{e} in '{}'", redact(text)))?;
+        let (host, port_text) =
+            split_host_port(hostport).map_err(|e| format!("{e} in '{}'", redact(text)))?;
         check_host(host).map_err(|e| format!("{e} in '{}'", redact(text)))?;
         let port = match port_text {
             None => {
@@ -167,7 +173,9 @@ fn split_host_port(hostport: &str) -> Result<(&str, Option<&str>), String> {
     match hostport.rsplit_once(':') {
         Some((h, p)) => {
             if h.contains(':') {
-                Err(format!("IPv6 host '{hostport}' must be written in brackets, e.g. [::1]"))
+                Err(format!(
+                    "IPv6 host '{hostport}' must be written in brackets, e.g. [::1]"
+                ))
             } else {
                 Ok((h, Some(p)))
             }
@@ -199,7 +207,11 @@ fn check_host(host: &str) -> Result<(), String> {
     }
     // All-numeric dotted names must be real IPv4 addresses: "1.2.3.256" is a
     // typo, not a host name.
-    if trimmed.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit())) && trimmed.parse::<std::net::Ipv4Addr>().is_err() {
+    if trimmed
+        .split('.')
+        .all(|l| l.bytes().all(|b| b.is_ascii_digit()))
+        && trimmed.parse::<std::net::Ipv4Addr>().is_err()
+    {
         return Err(format!("'{host}' is not a valid IPv4 address"));
     }
     Ok(())
@@ -227,11 +239,18 @@ pub fn percent_decode(text: &str) -> Result<String, String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or_else(|| format!("'%' at the end of '{text}' is not a %XX escape"))?;
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .ok_or_else(|| format!("'%' at the end of '{text}' is not a %XX escape"))?;
             let value = std::str::from_utf8(hex)
                 .ok()
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("'%{}' in '{text}' is not a %XX escape", String::from_utf8_lossy(hex)))?;
+                .ok_or_else(|| {
+                    format!(
+                        "'%{}' in '{text}' is not a %XX escape",
+                        String::from_utf8_lossy(hex)
+                    )
+                })?;
             out.push(value);
             i += 3;
         } else {
@@ -248,14 +267,18 @@ mod tests {
 
     #[test]
     fn full_url() {
-        let u = BrokerUrl::parse("amqp://nova:s%40cret@rabbit1.example.org:5673/nova%2Fprod").unwrap();
+        let u =
+            BrokerUrl::parse("amqp://nova:s%40cret@rabbit1.example.org:5673/nova%2Fprod").unwrap();
         assert!(!u.tls);
         assert_eq!(u.host, "rabbit1.example.org");
         assert_eq!(u.port, 5673);
         assert_eq!(u.userinfo.as_deref(), Some("nova:s%40cret"));
         assert_eq!(u.vhost.as_deref(), Some("nova%2Fprod"));
         assert_eq!(u.vhost_decoded().as_deref(), Some("nova/prod"));
-        assert_eq!(u.to_string(), "amqp://nova:***@rabbit1.example.org:5673/nova%2Fprod");
+        assert_eq!(
+            u.to_string(),
+            "amqp://nova:***@rabbit1.example.org:5673/nova%2Fprod"
+        );
     }
 
     #[test]

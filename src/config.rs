@@ -76,7 +76,12 @@ pub struct CaBundle {
 
 impl fmt::Debug for CaBundle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CaBundle({}, {} certificates)", self.path, self.certificates.len())
+        write!(
+            f,
+            "CaBundle({}, {} certificates)",
+            self.path,
+            self.certificates.len()
+        )
     }
 }
 
@@ -134,10 +139,12 @@ impl ServerConfig {
                 self.brokers = Some(brokers);
             }
             Directive::Interval => {
-                self.interval_secs = Some(parse_number(name, one_arg(name, args)?, 1, 3600)? as u16);
+                self.interval_secs =
+                    Some(parse_number(name, one_arg(name, args)?, 1, 3600)? as u16);
             }
             Directive::ConnectTimeout => {
-                self.connect_timeout_secs = Some(parse_number(name, one_arg(name, args)?, 1, 300)? as u16);
+                self.connect_timeout_secs =
+                    Some(parse_number(name, one_arg(name, args)?, 1, 300)? as u16);
             }
             Directive::MaxConnections => {
                 self.max_connections = Some(parse_number(name, one_arg(name, args)?, 1, 4096)?);
@@ -146,7 +153,12 @@ impl ServerConfig {
                 let (env_name, scheme) = match args {
                     [n] => (*n, "amqp"),
                     [n, s] => (*n, *s),
-                    _ => return Err(format!("{name} takes NAME [SCHEME], got {} arguments", args.len())),
+                    _ => {
+                        return Err(format!(
+                            "{name} takes NAME [SCHEME], got {} arguments",
+                            args.len()
+                        ));
+                    }
                 };
                 check_env_name(name, env_name)?;
                 let scheme = scheme.to_ascii_lowercase();
@@ -158,7 +170,9 @@ impl ServerConfig {
                 }
                 let list = self.env.get_or_insert_with(Vec::new);
                 if list.iter().any(|e| e.name == env_name) {
-                    return Err(format!("{name}: {env_name} is already published by this server"));
+                    return Err(format!(
+                        "{name}: {env_name} is already published by this server"
+                    ));
                 }
                 list.push(EnvExport {
                     name: env_name.to_string(),
@@ -192,9 +206,12 @@ impl ServerConfig {
         let brokers = self.brokers.clone()?;
         Some(RelaySettings {
             brokers,
-            heartbeat: Duration::from_secs(u64::from(self.interval_secs.unwrap_or(DEFAULT_INTERVAL_SECS))),
+            heartbeat: Duration::from_secs(u64::from(
+                self.interval_secs.unwrap_or(DEFAULT_INTERVAL_SECS),
+            )),
             connect_timeout: Duration::from_secs(u64::from(
-                self.connect_timeout_secs.unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS),
+                self.connect_timeout_secs
+                    .unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS),
             )),
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             ca_bundle: self.ca_bundle.clone(),
@@ -216,7 +233,11 @@ impl ServerConfig {
 
 /// The URL the app is given: `SCHEME://[userinfo@]LISTEN/[vhost]`, userinfo
 /// and vhost copied from the first broker URL.
-pub fn published_url(scheme: &str, listen: std::net::SocketAddr, first_broker: &BrokerUrl) -> String {
+pub fn published_url(
+    scheme: &str,
+    listen: std::net::SocketAddr,
+    first_broker: &BrokerUrl,
+) -> String {
     let mut url = format!("{scheme}://");
     if let Some(ui) = &first_broker.userinfo {
         url.push_str(ui);
@@ -265,23 +286,32 @@ pub fn check_env_conflicts(servers: &[NamedServer<'_>]) -> Result<(), String> {
 fn one_arg<'a>(name: &str, args: &[&'a str]) -> Result<&'a str, String> {
     match args {
         [a] => Ok(a),
-        _ => Err(format!("{name} takes exactly one argument, got {}", args.len())),
+        _ => Err(format!(
+            "{name} takes exactly one argument, got {}",
+            args.len()
+        )),
     }
 }
 
 fn parse_number(name: &str, text: &str, min: u32, max: u32) -> Result<u32, String> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{name}: '{text}' is not a whole number (expected {min}..{max})"));
+        return Err(format!(
+            "{name}: '{text}' is not a whole number (expected {min}..{max})"
+        ));
     }
     match text.parse::<u32>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(format!("{name}: {text} is out of range (expected {min}..{max})")),
+        _ => Err(format!(
+            "{name}: {text} is out of range (expected {min}..{max})"
+        )),
     }
 }
 
 fn check_env_name(directive: &str, name: &str) -> Result<(), String> {
     let mut bytes = name.bytes();
-    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
     if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         return Err(format!(
             "{directive}: '{name}' is not a valid environment variable name (letters, digits and '_', not starting with a digit)"
@@ -304,7 +334,9 @@ fn read_ca_bundle(path: &str) -> Result<CaBundle, String> {
     let mut roots = rustls::RootCertStore::empty();
     let (_, rejected) = roots.add_parsable_certificates(certificates.iter().cloned());
     if roots.is_empty() {
-        return Err(format!("'{path}': none of its {rejected} certificates is a usable CA certificate"));
+        return Err(format!(
+            "'{path}': none of its {rejected} certificates is a usable CA certificate"
+        ));
     }
     Ok(CaBundle {
         path: path.to_string(),
@@ -338,19 +370,59 @@ mod tests {
     #[test]
     fn bad_values_name_the_directive() {
         let cases: &[(Directive, &[&str], &str)] = &[
-            (Directive::Interval, &["0"], "AMQPHeartbeatInterval: 0 is out of range"),
-            (Directive::Interval, &["3601"], "AMQPHeartbeatInterval: 3601 is out of range"),
-            (Directive::Interval, &["ten"], "AMQPHeartbeatInterval: 'ten' is not a whole number"),
+            (
+                Directive::Interval,
+                &["0"],
+                "AMQPHeartbeatInterval: 0 is out of range",
+            ),
+            (
+                Directive::Interval,
+                &["3601"],
+                "AMQPHeartbeatInterval: 3601 is out of range",
+            ),
+            (
+                Directive::Interval,
+                &["ten"],
+                "AMQPHeartbeatInterval: 'ten' is not a whole number",
+            ),
             (Directive::Interval, &["-1"], "not a whole number"),
-            (Directive::ConnectTimeout, &["0"], "AMQPHeartbeatConnectTimeout: 0 is out of range"),
-            (Directive::MaxConnections, &["99999999999"], "AMQPHeartbeatMaxConnections: 99999999999 is out of range"),
-            (Directive::Env, &["1BAD"], "AMQPHeartbeatEnv: '1BAD' is not a valid environment variable name"),
-            (Directive::Env, &["A-B"], "not a valid environment variable name"),
-            (Directive::Env, &["X", "amqps"], "AMQPHeartbeatEnv: unknown scheme 'amqps'"),
+            (
+                Directive::ConnectTimeout,
+                &["0"],
+                "AMQPHeartbeatConnectTimeout: 0 is out of range",
+            ),
+            (
+                Directive::MaxConnections,
+                &["99999999999"],
+                "AMQPHeartbeatMaxConnections: 99999999999 is out of range",
+            ),
+            (
+                Directive::Env,
+                &["1BAD"],
+                "AMQPHeartbeatEnv: '1BAD' is not a valid environment variable name",
+            ),
+            (
+                Directive::Env,
+                &["A-B"],
+                "not a valid environment variable name",
+            ),
+            (
+                Directive::Env,
+                &["X", "amqps"],
+                "AMQPHeartbeatEnv: unknown scheme 'amqps'",
+            ),
             (Directive::Env, &["X", "a", "b"], "takes NAME [SCHEME]"),
-            (Directive::Broker, &["ftp://h/"], "AMQPHeartbeatBroker: unsupported scheme 'ftp'"),
+            (
+                Directive::Broker,
+                &["ftp://h/"],
+                "AMQPHeartbeatBroker: unsupported scheme 'ftp'",
+            ),
             (Directive::Broker, &[], "needs at least one broker URL"),
-            (Directive::TlsCaCertificateFile, &["/nonexistent/ca.pem"], "cannot read CA file '/nonexistent/ca.pem'"),
+            (
+                Directive::TlsCaCertificateFile,
+                &["/nonexistent/ca.pem"],
+                "cannot read CA file '/nonexistent/ca.pem'",
+            ),
         ];
         for (d, args, want) in cases {
             let err = cfg(&[(*d, args)]).unwrap_err();
@@ -370,10 +442,23 @@ mod tests {
     #[test]
     fn env_is_repeatable_but_not_twice_the_same() {
         let c = cfg(&[(Directive::Env, &["A"]), (Directive::Env, &["B", "Rabbit"])]).unwrap();
-        let names: Vec<_> = c.env_exports().into_iter().map(|e| (e.name, e.scheme)).collect();
-        assert_eq!(names, [("A".into(), "amqp".into()), ("B".into(), "rabbit".into())]);
+        let names: Vec<_> = c
+            .env_exports()
+            .into_iter()
+            .map(|e| (e.name, e.scheme))
+            .collect();
+        assert_eq!(
+            names,
+            [("A".into(), "amqp".into()), ("B".into(), "rabbit".into())]
+        );
         assert!(cfg(&[(Directive::Env, &["A"]), (Directive::Env, &["A"])]).is_err());
-        assert!(cfg(&[(Directive::Broker, &["amqp://a/"]), (Directive::Broker, &["amqp://b/"])]).is_err());
+        assert!(
+            cfg(&[
+                (Directive::Broker, &["amqp://a/"]),
+                (Directive::Broker, &["amqp://b/"])
+            ])
+            .is_err()
+        );
     }
 
     #[test]
@@ -385,7 +470,11 @@ mod tests {
             (Directive::Env, &["B"]),
         ])
         .unwrap();
-        let add = cfg(&[(Directive::Env, &["C"]), (Directive::MaxConnections, &["3"])]).unwrap();
+        let add = cfg(&[
+            (Directive::Env, &["C"]),
+            (Directive::MaxConnections, &["3"]),
+        ])
+        .unwrap();
         let (base_before, add_before) = (base.clone(), add.clone());
         let merged = ServerConfig::merge(&base, &add);
         assert_eq!(base, base_before);
@@ -402,7 +491,10 @@ mod tests {
     fn published_url_copies_userinfo_and_vhost() {
         let b = BrokerUrl::parse("amqps://nova:pw@rabbit:5671/nova%2Fprod").unwrap();
         let listen: std::net::SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        assert_eq!(published_url("rabbit", listen, &b), "rabbit://nova:pw@127.0.0.1:40001/nova%2Fprod");
+        assert_eq!(
+            published_url("rabbit", listen, &b),
+            "rabbit://nova:pw@127.0.0.1:40001/nova%2Fprod"
+        );
         let b = BrokerUrl::parse("amqp://rabbit").unwrap();
         assert_eq!(published_url("amqp", listen, &b), "amqp://127.0.0.1:40001/");
     }
@@ -411,16 +503,27 @@ mod tests {
     fn env_conflicts_across_servers() {
         let a = cfg(&[(Directive::Broker, &["amqp://a/"])]).unwrap();
         let b = cfg(&[(Directive::Broker, &["amqp://b/"])]).unwrap();
-        let b_other_name = cfg(&[(Directive::Broker, &["amqp://b/"]), (Directive::Env, &["OTHER"])]).unwrap();
+        let b_other_name = cfg(&[
+            (Directive::Broker, &["amqp://b/"]),
+            (Directive::Env, &["OTHER"]),
+        ])
+        .unwrap();
         let off = ServerConfig::default();
         let named = |d: &str, c| NamedServer {
             description: d.to_string(),
             config: c,
         };
-        let err = check_env_conflicts(&[named("main server", &a), named("vhost b", &b)]).unwrap_err();
+        let err =
+            check_env_conflicts(&[named("main server", &a), named("vhost b", &b)]).unwrap_err();
         assert!(err.contains("AMQP_HEARTBEAT_URL"), "{err}");
-        assert!(err.contains("main server") && err.contains("vhost b"), "{err}");
-        assert!(check_env_conflicts(&[named("m", &a), named("v", &b_other_name), named("o", &off)]).is_ok());
+        assert!(
+            err.contains("main server") && err.contains("vhost b"),
+            "{err}"
+        );
+        assert!(
+            check_env_conflicts(&[named("m", &a), named("v", &b_other_name), named("o", &off)])
+                .is_ok()
+        );
         assert!(check_env_conflicts(&[named("m", &a), named("v", &a.clone())]).is_ok());
     }
 }

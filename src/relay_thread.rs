@@ -38,7 +38,10 @@ pub enum StopOutcome {
 
 impl RelayThread {
     /// Start the thread. `listeners` must be non-empty.
-    pub fn start(listeners: Vec<RelayListener>, log: Arc<dyn EventLog>) -> Result<RelayThread, String> {
+    pub fn start(
+        listeners: Vec<RelayListener>,
+        log: Arc<dyn EventLog>,
+    ) -> Result<RelayThread, String> {
         let shutdown = Shutdown::new();
         let thread_shutdown = shutdown.clone();
         let (finished_tx, finished) = mpsc::channel();
@@ -84,18 +87,29 @@ impl RelayThread {
 
 fn supervise(listeners: &[RelayListener], shutdown: &Shutdown, log: &Arc<dyn EventLog>) {
     loop {
-        let copies: Result<Vec<RelayListener>, _> = listeners.iter().map(RelayListener::try_clone).collect();
+        let copies: Result<Vec<RelayListener>, _> =
+            listeners.iter().map(RelayListener::try_clone).collect();
         let copies = match copies {
             Ok(c) => c,
             Err(e) => {
-                log.event(0, Level::Error, &format!("relay cannot reuse its listening sockets: {e}; relay stopped"));
+                log.event(
+                    0,
+                    Level::Error,
+                    &format!("relay cannot reuse its listening sockets: {e}; relay stopped"),
+                );
                 return;
             }
         };
-        let run = catch_unwind(AssertUnwindSafe(|| server::run(copies, shutdown.clone(), Arc::clone(log))));
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            server::run(copies, shutdown.clone(), Arc::clone(log))
+        }));
         match run {
             Ok(Ok(())) => return,
-            Ok(Err(e)) => log.event(0, Level::Error, &format!("relay stopped with an error: {e}")),
+            Ok(Err(e)) => log.event(
+                0,
+                Level::Error,
+                &format!("relay stopped with an error: {e}"),
+            ),
             Err(panic) => {
                 let what = panic
                     .downcast_ref::<&str>()

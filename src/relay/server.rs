@@ -1,19 +1,21 @@
 //! Accepting connections and running the relay's event loop.
+//!
+//! One current-thread tokio runtime (the relay thread is the only thread it
+//! needs), one accept task per listener, one task per relayed connection.
 
-use crate::relay::{EventLog, RelayListener};
+use crate::relay::connection::{self, ConnectionContext};
+use crate::relay::{EventLog, Level, RelayListener, peer, upstream};
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 /// Stop request shared between the relay thread and the thread that stops
 /// it. Carries the grace period the relay has to close its upstreams.
 #[derive(Clone)]
 pub struct Shutdown {
     sender: Arc<watch::Sender<Option<Duration>>>,
-    // A receiver is kept so `trigger` never fails for lack of one.
-    receiver: watch::Receiver<Option<Duration>>,
-    _guard: Arc<Mutex<()>>,
 }
 
 impl Default for Shutdown {
@@ -24,11 +26,9 @@ impl Default for Shutdown {
 
 impl Shutdown {
     pub fn new() -> Shutdown {
-        let (sender, receiver) = watch::channel(None);
+        let (sender, _) = watch::channel(None);
         Shutdown {
             sender: Arc::new(sender),
-            receiver,
-            _guard: Arc::new(Mutex::new(())),
         }
     }
 
@@ -37,7 +37,7 @@ impl Shutdown {
     }
 
     pub fn is_triggered(&self) -> bool {
-        self.receiver.borrow().is_some()
+        self.sender.borrow().is_some()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Option<Duration>> {
@@ -45,16 +45,174 @@ impl Shutdown {
     }
 }
 
-/// Run the relay on `listeners` until `shutdown` is triggered.
-pub fn run(listeners: Vec<RelayListener>, shutdown: Shutdown, log: Arc<dyn EventLog>) -> Result<(), String> {
-    let _ = (listeners, log);
-    let mut rx = shutdown.subscribe();
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Run the relay on `listeners` until `shutdown` is triggered; then every
+/// connection closes its upstream with Connection.Close within the grace
+/// period carried by the trigger.
+pub fn run(
+    listeners: Vec<RelayListener>,
+    shutdown: Shutdown,
+    log: Arc<dyn EventLog>,
+) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Only DNS lookups of broker host names use blocking threads; let
+        // them go soon so an idle child is back to one relay thread.
+        .max_blocking_threads(2)
+        .thread_keep_alive(Duration::from_secs(1))
+        .thread_name("amqp-heartbeat-dns")
         .build()
         .map_err(|e| format!("cannot build the event loop: {e}"))?;
-    rt.block_on(async move {
-        let _ = rx.wait_for(|v| v.is_some()).await;
-    });
+    runtime.block_on(serve_all(listeners, shutdown, log))
+}
+
+async fn serve_all(
+    listeners: Vec<RelayListener>,
+    shutdown: Shutdown,
+    log: Arc<dyn EventLog>,
+) -> Result<(), String> {
+    let tracker = TaskTracker::new();
+    let next_id = Arc::new(AtomicU64::new(1));
+    for (index, spec) in listeners.into_iter().enumerate() {
+        let tls = match upstream::tls_connector(&spec.settings) {
+            Ok(t) => t,
+            Err(e) => {
+                log.event(
+                    index,
+                    Level::Error,
+                    &format!("{e}; amqps:// brokers of this listener will fail"),
+                );
+                None
+            }
+        };
+        let listener = tokio::net::TcpListener::from_std(spec.listener)
+            .map_err(|e| format!("cannot use listening socket {index}: {e}"))?;
+        let acceptor = Acceptor {
+            index,
+            listener,
+            settings: spec.settings,
+            tls,
+            log: Arc::clone(&log),
+            active: Arc::new(AtomicUsize::new(0)),
+            next_id: Arc::clone(&next_id),
+            tracker: tracker.clone(),
+        };
+        tracker.spawn(acceptor.run(shutdown.subscribe()));
+    }
+    let mut stop = shutdown.subscribe();
+    let grace = match stop.wait_for(|v| v.is_some()).await {
+        Ok(v) => v.unwrap_or(Duration::ZERO),
+        Err(_) => Duration::ZERO,
+    };
+    tracker.close();
+    // Connections close themselves within `grace`; a small margin covers
+    // the last writes. Whatever is still running then is dropped with the
+    // runtime.
+    let _ = tokio::time::timeout(grace + Duration::from_millis(50), tracker.wait()).await;
     Ok(())
+}
+
+struct Acceptor {
+    index: usize,
+    listener: tokio::net::TcpListener,
+    settings: Arc<crate::config::RelaySettings>,
+    tls: Option<tokio_rustls::TlsConnector>,
+    log: Arc<dyn EventLog>,
+    active: Arc<AtomicUsize>,
+    next_id: Arc<AtomicU64>,
+    tracker: TaskTracker,
+}
+
+/// Decrements the listener's connection count when a connection ends,
+/// however it ends.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Acceptor {
+    async fn run(self, mut shutdown: watch::Receiver<Option<Duration>>) {
+        let local = match self.listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                self.log.event(
+                    self.index,
+                    Level::Error,
+                    &format!("listener has no address: {e}"),
+                );
+                return;
+            }
+        };
+        loop {
+            let accepted = tokio::select! {
+                r = self.listener.accept() => r,
+                _ = shutdown.wait_for(|v| v.is_some()) => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    self.log.event(
+                        self.index,
+                        Level::Error,
+                        &format!("accept on {local} failed: {e}"),
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match peer::client_is_this_process(peer, local) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.log.event(
+                        self.index,
+                        Level::Warn,
+                        &format!(
+                            "refused {peer}: its socket is not held by this process (only this httpd child's app may use its relay)"
+                        ),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    self.log.event(
+                        self.index,
+                        Level::Warn,
+                        &format!(
+                            "refused {peer}: cannot tell which process holds its socket ({e})"
+                        ),
+                    );
+                    continue;
+                }
+            }
+            let active = self.active.load(Ordering::Relaxed);
+            if active >= self.settings.max_connections as usize {
+                self.log.event(
+                    self.index,
+                    Level::Warn,
+                    &format!(
+                        "refused {peer}: {active} connections already relayed (AMQPHeartbeatMaxConnections {})",
+                        self.settings.max_connections
+                    ),
+                );
+                continue;
+            }
+            self.active.fetch_add(1, Ordering::Relaxed);
+            let guard = ActiveGuard(Arc::clone(&self.active));
+            let _ = stream.set_nodelay(true);
+            let ctx = ConnectionContext {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                listener: self.index,
+                settings: Arc::clone(&self.settings),
+                tls: self.tls.clone(),
+                log: Arc::clone(&self.log),
+            };
+            let stop = shutdown.clone();
+            self.tracker.spawn(async move {
+                connection::serve(stream, peer, ctx, stop).await;
+                drop(guard);
+            });
+        }
+    }
 }

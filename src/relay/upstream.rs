@@ -1,1 +1,121 @@
-//! TODO
+//! Dialing the broker: the URLs in order, each try bounded by the connect
+//! timeout (DNS + TCP + TLS), TLS with rustls and certificate verification.
+//!
+//! Everything here is async on the relay's event loop, so a slow dial never
+//! delays the other connections' heartbeats. Host names that are not IP
+//! literals are resolved by tokio on a short-lived blocking thread (it
+//! inherits the relay thread's blocked signal mask); IP literals need none.
+
+use crate::broker_url::BrokerUrl;
+use crate::config::RelaySettings;
+use rustls::pki_types::ServerName;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// A byte stream to the broker, plain or TLS.
+pub trait BrokerIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> BrokerIo for T {}
+
+pub struct Dialed {
+    pub stream: Box<dyn BrokerIo>,
+    /// Which URL of the list answered.
+    pub broker: usize,
+    /// The relay's own address on the upstream socket (the broker's
+    /// "peer port" in rabbitmqctl list_connections).
+    pub local: Option<SocketAddr>,
+}
+
+/// TLS client configuration for one listener: the configured CA bundle, or
+/// the system roots. Built once, when the relay starts.
+pub fn tls_connector(settings: &RelaySettings) -> Result<Option<TlsConnector>, String> {
+    if !settings.brokers.iter().any(|b| b.tls) {
+        return Ok(None);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match &settings.ca_bundle {
+        Some(bundle) => {
+            roots.add_parsable_certificates(bundle.certificates.iter().cloned());
+        }
+        None => {
+            let loaded = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(loaded.certs);
+            if roots.is_empty() {
+                return Err(
+                    "no system CA certificates found for amqps:// (install ca-certificates or set AMQPHeartbeatTLSCACertificateFile)"
+                        .to_string(),
+                );
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(TlsConnector::from(Arc::new(config))))
+}
+
+/// Try each broker in order; the error lists every failed try.
+pub async fn dial(settings: &RelaySettings, tls: Option<&TlsConnector>) -> Result<Dialed, String> {
+    let mut failures = Vec::new();
+    for (index, broker) in settings.brokers.iter().enumerate() {
+        match tokio::time::timeout(settings.connect_timeout, dial_one(broker, tls)).await {
+            Ok(Ok((stream, local))) => {
+                return Ok(Dialed {
+                    stream,
+                    broker: index,
+                    local,
+                });
+            }
+            Ok(Err(e)) => failures.push(format!("{broker}: {e}")),
+            Err(_) => failures.push(format!(
+                "{broker}: no answer within {}s (AMQPHeartbeatConnectTimeout)",
+                settings.connect_timeout.as_secs()
+            )),
+        }
+    }
+    Err(format!("no broker reachable: {}", failures.join("; ")))
+}
+
+async fn dial_one(
+    broker: &BrokerUrl,
+    tls: Option<&TlsConnector>,
+) -> Result<(Box<dyn BrokerIo>, Option<SocketAddr>), String> {
+    let addrs: Vec<SocketAddr> = match broker.host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, broker.port)],
+        Err(_) => tokio::net::lookup_host((broker.host.as_str(), broker.port))
+            .await
+            .map_err(|e| format!("cannot resolve {}: {e}", broker.host))?
+            .collect(),
+    };
+    let mut last_error = format!("{} resolved to no address", broker.host);
+    let mut connected = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                connected = Some(s);
+                break;
+            }
+            Err(e) => last_error = format!("connect to {addr}: {e}"),
+        }
+    }
+    let tcp = connected.ok_or(last_error)?;
+    // Frames are written whole; Nagle would only add latency.
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
+    if !broker.tls {
+        return Ok((Box::new(tcp), local));
+    }
+    let connector = tls.ok_or("TLS is not set up for this listener")?;
+    let name = ServerName::try_from(broker.host.clone())
+        .map_err(|e| format!("bad TLS server name {}: {e}", broker.host))?;
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    Ok((Box::new(stream), local))
+}
