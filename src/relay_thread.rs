@@ -53,7 +53,7 @@ impl RelayThread {
         let spawned = std::thread::Builder::new()
             .name("amqp-heartbeat".to_string())
             .spawn(move || {
-                supervise(&listeners, &thread_shutdown, &log);
+                supervise(&listeners, &thread_shutdown, &log, server::run);
                 let _ = finished_tx.send(());
             });
         // Restore the caller's mask whatever happened: this is httpd's thread.
@@ -85,7 +85,16 @@ impl RelayThread {
     }
 }
 
-fn supervise(listeners: &[RelayListener], shutdown: &Shutdown, log: &Arc<dyn EventLog>) {
+/// The signature of [`server::run`]; a parameter so the restart logic can
+/// be tested with a relay that panics.
+type RunRelay = fn(Vec<RelayListener>, Shutdown, Arc<dyn EventLog>) -> Result<(), String>;
+
+fn supervise(
+    listeners: &[RelayListener],
+    shutdown: &Shutdown,
+    log: &Arc<dyn EventLog>,
+    run: RunRelay,
+) {
     loop {
         let copies: Result<Vec<RelayListener>, _> =
             listeners.iter().map(RelayListener::try_clone).collect();
@@ -100,10 +109,10 @@ fn supervise(listeners: &[RelayListener], shutdown: &Shutdown, log: &Arc<dyn Eve
                 return;
             }
         };
-        let run = catch_unwind(AssertUnwindSafe(|| {
-            server::run(copies, shutdown.clone(), Arc::clone(log))
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            run(copies, shutdown.clone(), Arc::clone(log))
         }));
-        match run {
+        match outcome {
             Ok(Ok(())) => return,
             Ok(Err(e)) => log.event(
                 0,
@@ -130,5 +139,73 @@ fn supervise(listeners: &[RelayListener], shutdown: &Shutdown, log: &Arc<dyn Eve
         if shutdown.is_triggered() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Directive, ServerConfig};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Collect(Mutex<Vec<String>>);
+    impl EventLog for Collect {
+        fn event(&self, _: usize, _: Level, message: &str) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push(message.to_string());
+            }
+        }
+    }
+
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+    fn panics_twice(
+        listeners: Vec<RelayListener>,
+        shutdown: Shutdown,
+        log: Arc<dyn EventLog>,
+    ) -> Result<(), String> {
+        if RUNS.fetch_add(1, Ordering::SeqCst) < 2 {
+            panic!("test panic");
+        }
+        server::run(listeners, shutdown, log)
+    }
+
+    #[test]
+    fn a_panicking_relay_is_restarted_on_the_same_socket() {
+        let mut config = ServerConfig::default();
+        config
+            .apply(Directive::Broker, &["amqp://127.0.0.1:1/"])
+            .unwrap();
+        let listener =
+            RelayListener::bind_loopback(Arc::new(config.relay_settings().unwrap())).unwrap();
+        let addr = listener.listener.local_addr().unwrap();
+        let collect = Arc::new(Collect(Mutex::new(Vec::new())));
+        let log: Arc<dyn EventLog> = collect.clone();
+        let shutdown = Shutdown::new();
+        let thread_shutdown = shutdown.clone();
+        let listeners = vec![listener];
+        let thread =
+            std::thread::spawn(move || supervise(&listeners, &thread_shutdown, &log, panics_twice));
+        // After two panics and restarts the relay serves the same address.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while RUNS.load(Ordering::SeqCst) < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        use std::io::{Read, Write};
+        stream.write_all(b"HTTP/1.0").unwrap();
+        let mut reply = [0u8; 8];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"AMQP\x00\x00\x09\x01");
+        shutdown.trigger(Duration::from_millis(100));
+        thread.join().unwrap();
+        let messages = collect.0.lock().unwrap();
+        let panics = messages
+            .iter()
+            .filter(|m| m.contains("relay panicked: test panic"))
+            .count();
+        assert_eq!(panics, 2, "{messages:?}");
     }
 }
