@@ -1,8 +1,8 @@
 """Shared pytest fixtures for the Python tests (tests/httpd, tests/e2e).
 
 - `harness` is importable (tests/ is put on sys.path).
-- Work dirs live under $AMQPHB_TMP (scripts/test.sh sets it) or
-  <repo>/tmp/pytest-<pid>: world-traversable, because httpd children run as
+- Work dirs live under $AMQPHB_TMP/pytest-<pid> (scripts/test.sh sets
+  AMQPHB_TMP; default <repo>/tmp): world-traversable, because httpd children run as
   www-data. A passing test's dir is removed; a failing one's is kept.
 - Every test checks that nothing it started (apache2, beam, epmd) is still
   running afterwards; leftovers are killed and the test fails.
@@ -27,7 +27,7 @@ from harness.httpd import Httpd  # noqa: E402
 from harness.rabbit import RabbitNode  # noqa: E402
 
 REPO = os.path.dirname(TESTS)
-TMP_ROOT = os.environ.get("AMQPHB_TMP") or os.path.join(REPO, "tmp", "pytest-%d" % os.getpid())
+TMP_ROOT = os.path.join(os.environ.get("AMQPHB_TMP") or os.path.join(REPO, "tmp"), "pytest-%d" % os.getpid())
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -122,8 +122,7 @@ def pytest_sessionfinish(session, exitstatus):
         if left:
             print("\nconftest: killed processes left under %s: %s" % (TMP_ROOT, left), file=sys.stderr)
             session.exitstatus = 1
-        if not os.environ.get("AMQPHB_TMP"):
-            try:
-                os.rmdir(TMP_ROOT)  # only when every test's dir was removed
-            except OSError:
-                pass
+        try:
+            os.rmdir(TMP_ROOT)  # only when every test's dir was removed
+        except OSError:
+            pass

@@ -36,7 +36,8 @@ APACHE2 = "/usr/sbin/apache2"
 MODULES_DIR = "/usr/lib/apache2/modules"
 WSGI_SO = os.path.join(MODULES_DIR, "mod_wsgi.so")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODULE_SO = os.path.join(REPO, "target", "mod_amqp_heartbeat.so")
+# AMQPHB_MODULE overrides the module under test (e.g. an installed copy).
+MODULE_SO = os.environ.get("AMQPHB_MODULE") or os.path.join(REPO, "target", "mod_amqp_heartbeat.so")
 STOP_TIMEOUT = 10.0
 
 
@@ -142,7 +143,9 @@ class Httpd:
             t = self.threads_per_child
             lines += ["StartServers %d" % n, "ServerLimit %d" % n, "ThreadsPerChild %d" % t,
                       "ThreadLimit %d" % t, "MaxRequestWorkers %d" % (n * t),
-                      "MinSpareThreads %d" % t, "MaxSpareThreads %d" % (n * t)]
+                      # Every child stays (also after graceful, when only the
+                      # idle-thread count makes the MPM spawn children again).
+                      "MinSpareThreads %d" % (n * t), "MaxSpareThreads %d" % (n * t + t)]
         lines += ["MaxConnectionsPerChild 0", ""]
         return "\n".join(lines) + "\n" + self.body.replace("@WORKDIR@", w).replace("@PORT@", str(self.port)) + "\n"
 
@@ -289,6 +292,20 @@ class Httpd:
             elif time.monotonic() - since >= settle:
                 return now
         raise HttpdError("thread count of %d kept changing (last %d)" % (pid, last))
+
+    def stable_threads_of(self, pids, settle=0.5, timeout=10.0):
+        """{pid: stable thread count} for several pids, settled together."""
+        deadline = time.monotonic() + timeout
+        last = {p: procs.threads(p) for p in pids}
+        since = time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = {p: procs.threads(p) for p in pids}
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= settle:
+                return now
+        raise HttpdError("thread counts of %s kept changing (last %s)" % (list(pids), last))
 
     def get(self, path, host=None, timeout=30.0):
         """GET http://127.0.0.1:PORT/path (no proxy): (status, body text)."""

@@ -41,7 +41,7 @@ def baseline(make_httpd, mpm, group):
     answers = h.hit_all_children(SLOW)
     for a in answers.values():
         assert a["env"]["AMQP_HEARTBEAT_URL"] == {"os.environ": None, "getenv": None, "wsgi": None}
-    counts = {h.stable_threads(p) for p in answers}
+    counts = set(h.stable_threads_of(answers).values())
     assert len(counts) == 1, "baseline children differ in threads: %s" % counts
     parent = h.stable_threads(h.parent_pid)
     h.stop()
@@ -64,10 +64,10 @@ def test_one_relay_thread_per_child_and_url_in_env(module_so, make_httpd, mpm, g
     assert h.stable_threads(h.parent_pid) == base_parent, "the parent got a thread"
     assert relay_ports(h.parent_pid, h) == [], "the parent listens on a relay port"
 
+    threads = h.stable_threads_of(answers)
     seen_ports = set()
     for pid, a in answers.items():
-        assert h.stable_threads(pid) == base_child + 1, "child %d: %d threads, baseline %d" % (
-            pid, h.threads(pid), base_child)
+        assert threads[pid] == base_child + 1, "child %d: %d threads, baseline %d" % (pid, threads[pid], base_child)
         env = a["env"]["AMQP_HEARTBEAT_URL"]
         url = env["os.environ"]
         assert url and URL_RX.match(url), "child %d: os.environ has %r" % (pid, url)
@@ -113,8 +113,9 @@ def test_no_broker_no_thread_no_env(module_so, make_httpd, mpm, group):
     h = make_httpd(body, mpm=mpm, wsgi=True).start()
     answers = h.hit_all_children(SLOW + "&name=SOME_URL&name=AMQP_HEARTBEAT_URL")
     assert h.stable_threads(h.parent_pid) == base_parent
+    threads = h.stable_threads_of(answers)
     for pid, a in answers.items():
-        assert h.stable_threads(pid) == base_child, "child %d has a thread without a broker" % pid
+        assert threads[pid] == base_child, "child %d has a thread without a broker" % pid
         assert relay_ports(pid, h) == []
         for n in ("SOME_URL", "AMQP_HEARTBEAT_URL"):
             assert a["env"][n] == {"os.environ": None, "getenv": None, "wsgi": None}, a["env"]

@@ -23,7 +23,7 @@ def start(make_httpd, mpm, group):
     body = "AMQPHeartbeatBroker amqp://guest:guest@127.0.0.1:%d/\n" % ports.free_port() + wsgi_body(group=group)
     h = make_httpd(body, mpm=mpm, wsgi=True).start()
     answers = h.hit_all_children("/?sleep=0.3")
-    threads = {pid: h.stable_threads(pid) for pid in answers}
+    threads = h.stable_threads_of(answers)
     return h, answers, threads
 
 
@@ -51,9 +51,8 @@ def test_graceful_restart(module_so, make_httpd, mpm, group):
     per_child = set(threads.values())
     assert len(per_child) == 1, threads
     expected = per_child.pop()
-    for pid in new:
-        assert h.stable_threads(pid) == expected, "new child %d: %d threads, old ones had %d" % (
-            pid, h.threads(pid), expected)
+    for pid, n in h.stable_threads_of(new).items():
+        assert n == expected, "new child %d: %d threads, old ones had %d" % (pid, n, expected)
     # The new children publish working URLs of their own.
     fresh = h.hit_all_children("/?sleep=0.3&connect=1")
     assert sorted(fresh) == sorted(new)
