@@ -181,7 +181,21 @@ class RabbitNode:
 
     # ------------------------------------------------------------ lifecycle
     def start(self, timeout=START_TIMEOUT):
-        """Start the node and wait until it is fully booted."""
+        """Start the node and wait until it is fully booted. On the first
+        start, a port taken meanwhile by someone else (the ports are free
+        when picked, not reserved) means new ports and one more try; a
+        restart keeps its ports."""
+        first = self.start_seconds is None
+        try:
+            return self._start(timeout)
+        except RabbitError as e:
+            if not (first and "eaddrinuse" in str(e)):
+                raise
+        self.amqp_port, self.dist_port, self.epmd_port = ports.free_ports(3)
+        self.tls_port = ports.free_port() if self.tls else None
+        return self._start(timeout)
+
+    def _start(self, timeout):
         if self.beam_pid and procs.alive(self.beam_pid):
             raise RabbitError("node %s is already running (beam pid %d)" % (self.nodename, self.beam_pid))
         os.makedirs(self.workdir, exist_ok=True)
@@ -189,6 +203,7 @@ class RabbitNode:
         for f in ("rabbit.pid",):
             if os.path.exists(self._p(f)):
                 os.unlink(self._p(f))
+        log_start = len(self.log_text())
         t0 = time.monotonic()
         out = open(self._p("server.stdout"), "ab")
         try:
@@ -203,21 +218,28 @@ class RabbitNode:
         self._save()
         try:
             deadline = t0 + timeout
-            wanted = [self.amqp_port] + ([self.tls_port] if self.tls else [])
-            while not all(ports.is_listening(p) for p in wanted):
+            wanted = {self.amqp_port} | ({self.tls_port} if self.tls else set())
+            # Ready when OUR beam listens on every port (someone else on
+            # the port must not pass for the node).
+            while True:
                 if self._proc.poll() is not None:
                     raise RabbitError("rabbitmq-server exited with %s during start" % self._proc.returncode)
+                beam = self._find_beam()
+                if beam and wanted <= set(procs.listening_ports(beam)):
+                    break
+                if "eaddrinuse" in self.log_text()[log_start:]:
+                    raise RabbitError("a port of %s is taken (eaddrinuse)" % sorted(wanted))
                 if time.monotonic() > deadline:
-                    raise RabbitError("port(s) %s not accepting after %.0f s" % (wanted, timeout))
-                time.sleep(0.1)
-            self.beam_pid = self._find_beam()
+                    raise RabbitError("port(s) %s not listened on by beam after %.0f s" % (sorted(wanted), timeout))
+                time.sleep(0.2)
+            self.beam_pid = beam
             self._save()
             left = max(5.0, deadline - time.monotonic())
             self.ctl("await_startup", timeout=left)
         except Exception as e:
             tail = self.diagnostics()
             try:
-                self.stop()
+                self.stop(graceful=False)
             except Exception as stop_error:  # keep the first error
                 tail += "\n(stop after failed start: %s)" % stop_error
             raise RabbitError("RabbitMQ node %s did not start: %s\n%s" % (self.nodename, e, tail)) from e
@@ -226,6 +248,7 @@ class RabbitNode:
         return self
 
     def _find_beam(self):
+        """The node's beam pid, or None while it is not there yet."""
         try:
             with open(self._p("rabbit.pid")) as f:
                 pid = int(f.read().strip())
@@ -236,7 +259,7 @@ class RabbitNode:
         for p in procs.children(self.wrapper_pid):
             if (procs.comm(p) or "").startswith("beam"):
                 return p
-        raise RabbitError("beam process of %s not found" % self.nodename)
+        return None
 
     def _epmd_pids(self):
         out = []
@@ -245,15 +268,18 @@ class RabbitNode:
                 out.append(p)
         return out
 
-    def stop(self, timeout=30.0):
-        """Shut the node down (rabbitmqctl shutdown), then make sure nothing
-        of it is left: beam, its helpers, its private epmd. Returns the
-        seconds it took."""
+    def stop(self, timeout=30.0, graceful=True):
+        """Shut the node down (rabbitmqctl shutdown; SIGTERM when not
+        graceful), then make sure nothing of it is left: beam, its helpers,
+        its private epmd. Returns the seconds it took."""
         t0 = time.monotonic()
+        if not self.beam_pid and self.wrapper_pid and procs.alive(self.wrapper_pid):
+            self.beam_pid = self._find_beam()  # a start that failed early
         if self.beam_pid and procs.alive(self.beam_pid):
             self.sigcont()
             try:
-                self.ctl("shutdown", timeout=timeout)
+                if graceful:
+                    self.ctl("shutdown", timeout=timeout)
             except RabbitError:
                 pass
             if procs.wait_gone([self.beam_pid], 5.0):
