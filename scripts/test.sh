@@ -36,7 +36,10 @@ cargo clippy --all-targets -- -D warnings
 step "make build"
 make build
 step "cargo test"
-cargo test
+# std::env::temp_dir() follows TMPDIR: the Rust tests' work dirs (and their
+# RabbitMQ nodes) land under $AMQPHB_TMP too, where the cleanup looks.
+mkdir -p "$AMQPHB_TMP/cargo"
+TMPDIR="$AMQPHB_TMP/cargo" cargo test
 suites=(tests/httpd)
 [ -d tests/e2e ] && suites+=(tests/e2e)
 step "pytest ${suites[*]}"
