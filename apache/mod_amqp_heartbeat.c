@@ -1,0 +1,142 @@
+/*
+ * mod_amqp_heartbeat: the C side of the module.
+ *
+ * Only what C does better lives here: the module record, the directive
+ * table (AP_INIT_* macros), hook registration and the varargs log call
+ * (ap_log_error is a macro that needs this module's index). Every body is
+ * in Rust (src/apache/), reached through the amqphb_* entry points below,
+ * each of which catches panics and never lets one cross into httpd.
+ */
+
+#include "httpd.h"
+#include "http_config.h"
+#include "http_log.h"
+#include "http_request.h"
+#include "apr_hooks.h"
+
+APLOG_USE_MODULE(amqp_heartbeat);
+
+/* Rust entry points (src/apache/). */
+void *amqphb_create_server_config(apr_pool_t *p, server_rec *s);
+void *amqphb_merge_server_config(apr_pool_t *p, void *base, void *add);
+const char *amqphb_directive(cmd_parms *cmd, unsigned directive_index,
+                             int argc, const char *const argv[]);
+int amqphb_check_config(server_rec *s);
+void amqphb_child_init(apr_pool_t *pchild, server_rec *s);
+int amqphb_fixups(request_rec *r);
+
+/* Called from Rust. */
+void amqphb_log(const server_rec *s, int level, const char *msg);
+void *amqphb_module_config(const server_rec *s);
+
+/* Must match config::Directive in src/config.rs. */
+enum amqphb_directive_index {
+    AMQPHB_BROKER = 0,
+    AMQPHB_INTERVAL = 1,
+    AMQPHB_CONNECT_TIMEOUT = 2,
+    AMQPHB_ENV = 3,
+    AMQPHB_MAX_CONNECTIONS = 4,
+    AMQPHB_TLS_CA_CERTIFICATE_FILE = 5
+};
+
+void amqphb_log(const server_rec *s, int level, const char *msg)
+{
+    ap_log_error(APLOG_MARK, level, 0, s, "%s", msg);
+}
+
+void *amqphb_module_config(const server_rec *s)
+{
+    return ap_get_module_config(s->module_config, &amqp_heartbeat_module);
+}
+
+static const char *set_argv(cmd_parms *cmd, void *dummy, int argc,
+                            char *const argv[])
+{
+    (void)dummy;
+    return amqphb_directive(cmd, (unsigned)(size_t)cmd->info, argc,
+                            (const char *const *)argv);
+}
+
+static const char *set_take1(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    const char *argv[1];
+    (void)dummy;
+    argv[0] = arg;
+    return amqphb_directive(cmd, (unsigned)(size_t)cmd->info, 1, argv);
+}
+
+static const char *set_take12(cmd_parms *cmd, void *dummy, const char *arg1,
+                              const char *arg2)
+{
+    const char *argv[2];
+    (void)dummy;
+    argv[0] = arg1;
+    argv[1] = arg2;
+    return amqphb_directive(cmd, (unsigned)(size_t)cmd->info,
+                            arg2 ? 2 : 1, argv);
+}
+
+#define DIRECTIVE_INFO(index) ((void *)(size_t)(index))
+
+static const command_rec amqphb_cmds[] = {
+    AP_INIT_TAKE_ARGV("AMQPHeartbeatBroker", set_argv,
+        DIRECTIVE_INFO(AMQPHB_BROKER), RSRC_CONF,
+        "URL [URL ...]: upstream AMQP broker(s), amqp:// or amqps://, "
+        "tried in order; enables the per-child relay for this server"),
+    AP_INIT_TAKE1("AMQPHeartbeatInterval", set_take1,
+        DIRECTIVE_INFO(AMQPHB_INTERVAL), RSRC_CONF,
+        "SECONDS (1-3600): heartbeat the relay negotiates with the broker "
+        "(default 15)"),
+    AP_INIT_TAKE1("AMQPHeartbeatConnectTimeout", set_take1,
+        DIRECTIVE_INFO(AMQPHB_CONNECT_TIMEOUT), RSRC_CONF,
+        "SECONDS (1-300): TCP+TLS+handshake limit per broker try "
+        "(default 10)"),
+    AP_INIT_TAKE12("AMQPHeartbeatEnv", set_take12,
+        DIRECTIVE_INFO(AMQPHB_ENV), RSRC_CONF,
+        "NAME [SCHEME]: environment variable that receives the relay URL, "
+        "SCHEME amqp (default), rabbit or pyamqp; repeatable "
+        "(default AMQP_HEARTBEAT_URL)"),
+    AP_INIT_TAKE1("AMQPHeartbeatMaxConnections", set_take1,
+        DIRECTIVE_INFO(AMQPHB_MAX_CONNECTIONS), RSRC_CONF,
+        "N (1-4096): relayed connections per child for this server "
+        "(default 32)"),
+    AP_INIT_TAKE1("AMQPHeartbeatTLSCACertificateFile", set_take1,
+        DIRECTIVE_INFO(AMQPHB_TLS_CA_CERTIFICATE_FILE), RSRC_CONF,
+        "PATH: PEM CA bundle for amqps:// brokers (default: system roots)"),
+    { NULL }
+};
+
+static int amqphb_check_config_hook(apr_pool_t *pconf, apr_pool_t *plog,
+                                    apr_pool_t *ptemp, server_rec *s)
+{
+    (void)pconf;
+    (void)plog;
+    (void)ptemp;
+    return amqphb_check_config(s);
+}
+
+static void amqphb_register_hooks(apr_pool_t *p)
+{
+    (void)p;
+    /* check_config runs for `httpd -t` and for every (re)start, after the
+     * vhost configs are merged; a non-OK result fails the configuration. */
+    ap_hook_check_config(amqphb_check_config_hook, NULL, NULL, APR_HOOK_MIDDLE);
+    /* Before mod_wsgi's child_init (APR_HOOK_MIDDLE) and every other one:
+     * the relay URL must be in the environment before any interpreter
+     * starts, and setenv() is only safe while this child has one thread. */
+    ap_hook_child_init(amqphb_child_init, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_fixups(amqphb_fixups, NULL, NULL, APR_HOOK_MIDDLE);
+}
+
+module AP_MODULE_DECLARE_DATA amqp_heartbeat_module = {
+    STANDARD20_MODULE_STUFF,
+    NULL,                         /* per-directory config creator */
+    NULL,                         /* per-directory config merger */
+    amqphb_create_server_config,  /* per-server config creator */
+    amqphb_merge_server_config,   /* per-server config merger */
+    amqphb_cmds,                  /* command table */
+    amqphb_register_hooks         /* hook registration */
+#ifdef AP_MODULE_FLAG_NONE
+    , AP_MODULE_FLAG_NONE         /* flags (httpd >= 2.4.21) */
+#endif
+};

@@ -1,0 +1,333 @@
+//! The relay's life in one httpd child: `child_init` binds the listeners,
+//! publishes the URLs and starts the thread; a cleanup on the child pool
+//! stops it; `fixups` copies the URLs into each request's environment.
+
+use super::bindings::{
+    APLOG_DEBUG, APLOG_ERR, APLOG_INFO, APLOG_NOTICE, APLOG_WARNING, DECLINED, apr_pool_t,
+    apr_table_set, request_rec, server_rec,
+};
+use super::check::describe;
+use super::ffi::{Server, boundary, c_string, pool_owned};
+use crate::config::{EnvExport, RelaySettings, published_url};
+use crate::relay::{EventLog, Level, RelayListener};
+use crate::relay_thread::{RelayThread, StopOutcome};
+use std::collections::HashMap;
+use std::ffi::{CString, c_int};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// How long the relay may take to close its upstreams when the child exits
+/// (the child's whole exit must stay under a second).
+const STOP_GRACE: Duration = Duration::from_millis(900);
+
+/// What each server publishes, (NAME, URL) pairs keyed by [`Server::key`].
+/// Written once in child_init, then only read, from any request thread.
+static PUBLISHED: OnceLock<HashMap<usize, Vec<(CString, CString)>>> = OnceLock::new();
+
+/// `child_init`, registered APR_HOOK_REALLY_FIRST: runs in the new child,
+/// after it dropped privileges and before it serves (or starts worker
+/// threads, or lets another module start an interpreter).
+///
+/// # Safety
+/// `pchild` is NULL or the child's live pool; `s` is NULL or the main
+/// server_rec.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn amqphb_child_init(pchild: *mut apr_pool_t, s: *mut server_rec) {
+    // SAFETY: NULL or the main server (contract above).
+    let main = unsafe { Server::from_raw(s) };
+    // A panic leaves the child without a relay but serving.
+    boundary("child_init", main, (), || {
+        // SAFETY: the child's pool (contract above).
+        unsafe { start(pchild, main) }
+    });
+}
+
+/// `fixups`: the request's server publishes its relay URL(s) in
+/// `subprocess_env` too (what CGI-style interfaces, mod_wsgi's environ and
+/// PHP's `$_SERVER` read). Always DECLINED.
+///
+/// # Safety
+/// `r` is NULL or the live request being processed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn amqphb_fixups(r: *mut request_rec) -> c_int {
+    let declined = DECLINED as c_int;
+    // SAFETY: NULL or the live request (contract above); only read here.
+    let Some(request) = (unsafe { r.as_ref() }) else {
+        return declined;
+    };
+    // SAFETY: r->server is one of httpd's server_recs.
+    let server = unsafe { Server::from_raw(request.server) };
+    boundary("fixups", server, declined, || {
+        let Some(exports) = PUBLISHED.get().and_then(|p| p.get(&server.key())) else {
+            return declined;
+        };
+        if request.subprocess_env.is_null() {
+            return declined;
+        }
+        for (name, url) in exports {
+            // SAFETY: subprocess_env is the request's live table (checked
+            // non-NULL); apr_table_set copies both strings into its pool.
+            unsafe { apr_table_set(request.subprocess_env, name.as_ptr(), url.as_ptr()) };
+        }
+        declined
+    })
+}
+
+/// A server that names a broker, as child_init sees it.
+struct RelayServer {
+    server: Server,
+    description: String,
+    settings: RelaySettings,
+    exports: Vec<EnvExport>,
+}
+
+/// One loopback listener, shared by the servers with equal settings.
+struct Group {
+    settings: Arc<RelaySettings>,
+    /// `None` when binding failed (already logged).
+    bound: Option<(RelayListener, SocketAddr)>,
+    /// The first server using it: relay events about it are logged there.
+    server: Server,
+}
+
+/// Body of child_init.
+///
+/// # Safety
+/// `pchild` is NULL or the child's live pool.
+unsafe fn start(pchild: *mut apr_pool_t, main: Server) {
+    let servers: Vec<RelayServer> = main
+        .all()
+        .into_iter()
+        .filter_map(|server| {
+            let config = &server.config()?.core;
+            Some(RelayServer {
+                server,
+                description: describe(server),
+                settings: config.relay_settings()?,
+                exports: config.env_exports(),
+            })
+        })
+        .collect();
+    if servers.is_empty() {
+        // No server names a broker: no thread, no environment.
+        return;
+    }
+
+    let mut groups: Vec<Group> = Vec::new();
+    let mut published: HashMap<usize, Vec<(CString, CString)>> = HashMap::new();
+    let mut environment: Vec<(String, String)> = Vec::new();
+    for relay_server in &servers {
+        let group = match groups
+            .iter()
+            .position(|g| *g.settings == relay_server.settings)
+        {
+            Some(index) => &groups[index],
+            None => {
+                groups.push(bind(relay_server));
+                &groups[groups.len() - 1]
+            }
+        };
+        let Some((_, addr)) = &group.bound else {
+            continue;
+        };
+        let urls = publish(relay_server, *addr, &mut environment);
+        published.insert(
+            relay_server.server.key(),
+            urls.iter()
+                .map(|(name, url)| (c_string(name), c_string(url)))
+                .collect(),
+        );
+    }
+
+    for (name, url) in &environment {
+        // SAFETY: setenv is only sound while no other thread may read or
+        // write the environment. This hook runs first among child_init hooks
+        // in a child that has a single thread: prefork never has more, event
+        // starts its workers after child_init, no other module's child_init
+        // has run yet, and the relay thread is started below, after this.
+        unsafe { std::env::set_var(name, url) };
+    }
+    if PUBLISHED.set(published).is_err() {
+        main.log(
+            APLOG_WARNING,
+            "child_init ran twice in this process; keeping the first relay URLs for requests",
+        );
+    }
+
+    let mut listeners = Vec::new();
+    let mut listener_servers = Vec::new();
+    for group in groups {
+        if let Some((listener, _)) = group.bound {
+            listeners.push(listener);
+            listener_servers.push(group.server);
+        }
+    }
+    if listeners.is_empty() {
+        return;
+    }
+    let count = listeners.len();
+    let muted = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(ApacheLog {
+        servers: listener_servers,
+        main,
+        muted: Arc::clone(&muted),
+    });
+    match RelayThread::start(listeners, log) {
+        Ok(thread) => {
+            main.log(APLOG_INFO, &format!("relay thread started ({count} listener(s))"));
+            let relay = ChildRelay {
+                thread: Some(thread),
+                main,
+                muted,
+            };
+            // SAFETY: the child's pool (caller's contract). The relay is
+            // stopped when the child pool is destroyed, i.e. when the child
+            // exits.
+            if unsafe { pool_owned(pchild, relay) }.is_null() {
+                main.log(APLOG_ERR, "no child pool to attach the relay to; relay stopped");
+            }
+        }
+        Err(e) => main.log(
+            APLOG_ERR,
+            &format!("{e}; this child serves requests without a relay (connections to its URL are refused)"),
+        ),
+    }
+}
+
+/// Bind the listener for `relay_server`'s settings; failure is logged and
+/// leaves the servers using these settings without a relay in this child.
+fn bind(relay_server: &RelayServer) -> Group {
+    let settings = Arc::new(relay_server.settings.clone());
+    let bound = RelayListener::bind_loopback(Arc::clone(&settings)).and_then(|l| {
+        let addr = l.listener.local_addr()?;
+        Ok((l, addr))
+    });
+    let bound = match bound {
+        Ok(bound) => Some(bound),
+        Err(e) => {
+            relay_server.server.log(
+                APLOG_ERR,
+                &format!(
+                    "cannot listen on 127.0.0.1 for {}: {e}; no relay for it in this child",
+                    relay_server.description
+                ),
+            );
+            None
+        }
+    };
+    Group {
+        settings,
+        bound,
+        server: relay_server.server,
+    }
+}
+
+/// The (NAME, URL) pairs of one server; adds them to the process
+/// environment list unless an earlier server already took the NAME.
+fn publish(
+    relay_server: &RelayServer,
+    addr: SocketAddr,
+    environment: &mut Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let Some(first_broker) = relay_server.settings.brokers.first() else {
+        return Vec::new();
+    };
+    let urls: Vec<(String, String)> = relay_server
+        .exports
+        .iter()
+        .map(|export| {
+            (
+                export.name.clone(),
+                published_url(&export.scheme, addr, first_broker),
+            )
+        })
+        .collect();
+    let brokers: Vec<String> = relay_server
+        .settings
+        .brokers
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let names: Vec<&str> = urls.iter().map(|(name, _)| name.as_str()).collect();
+    relay_server.server.log(
+        APLOG_NOTICE,
+        &format!(
+            "relay listening on {addr} for {} -> {}, published as {}",
+            relay_server.description,
+            brokers.join(" "),
+            names.join(", ")
+        ),
+    );
+    for (name, url) in &urls {
+        match environment.iter().find(|(n, _)| n == name) {
+            // check_config allows this only for the same relay, so the URLs
+            // can differ only in SCHEME; requests still get their own.
+            Some((_, existing)) if existing != url => relay_server.server.log(
+                APLOG_WARNING,
+                &format!(
+                    "{name} is published with another scheme by an earlier server; the process environment keeps the first"
+                ),
+            ),
+            Some(_) => {}
+            None => environment.push((name.clone(), url.clone())),
+        }
+    }
+    urls
+}
+
+/// Relay events to the error log, on the server that owns the listener.
+struct ApacheLog {
+    /// By listener index, as given to the relay.
+    servers: Vec<Server>,
+    main: Server,
+    /// Set when the thread outlived its stop: the process is exiting and
+    /// the log may be going away.
+    muted: Arc<AtomicBool>,
+}
+
+impl EventLog for ApacheLog {
+    fn event(&self, listener: usize, level: Level, message: &str) {
+        if self.muted.load(Ordering::Relaxed) {
+            return;
+        }
+        let server = self.servers.get(listener).copied().unwrap_or(self.main);
+        let level = match level {
+            Level::Error => APLOG_ERR,
+            Level::Warn => APLOG_WARNING,
+            Level::Notice => APLOG_NOTICE,
+            Level::Info => APLOG_INFO,
+            Level::Debug => APLOG_DEBUG,
+        };
+        server.log(level, message);
+    }
+}
+
+/// Owned by the child pool; dropping it (the pool cleanup) stops the relay.
+struct ChildRelay {
+    thread: Option<RelayThread>,
+    main: Server,
+    muted: Arc<AtomicBool>,
+}
+
+impl Drop for ChildRelay {
+    fn drop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        match thread.stop(STOP_GRACE) {
+            StopOutcome::Clean => self.main.log(APLOG_NOTICE, "relay thread stopped cleanly"),
+            StopOutcome::TimedOut => {
+                self.muted.store(true, Ordering::Relaxed);
+                self.main.log(
+                    APLOG_WARNING,
+                    &format!(
+                        "relay thread did not stop within {} ms; it ends with the child",
+                        STOP_GRACE.as_millis()
+                    ),
+                );
+            }
+        }
+    }
+}
