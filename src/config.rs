@@ -261,23 +261,36 @@ pub struct NamedServer<'a> {
 /// One environment NAME holds one URL per process, so two servers may
 /// publish the same NAME only when they would publish the same relay.
 pub fn check_env_conflicts(servers: &[NamedServer<'_>]) -> Result<(), String> {
-    let mut seen: Vec<(String, RelaySettings, &str)> = Vec::new();
+    // NAME -> (relay settings, scheme, which server published it first)
+    let mut seen: Vec<(String, RelaySettings, String, &str)> = Vec::new();
     for server in servers {
         let Some(settings) = server.config.relay_settings() else {
             continue;
         };
         for export in server.config.env_exports() {
-            match seen.iter().find(|(name, _, _)| *name == export.name) {
-                Some((_, other, other_desc)) if *other != settings => {
-                    return Err(format!(
-                        "AMQPHeartbeatEnv: {} is published by {} and by {} with different brokers or relay settings; \
-                         give one of them another name with AMQPHeartbeatEnv",
-                        export.name, other_desc, server.description
-                    ));
-                }
-                Some(_) => {}
-                None => seen.push((export.name, settings.clone(), &server.description)),
-            }
+            let Some((_, other, other_scheme, other_desc)) =
+                seen.iter().find(|(name, ..)| *name == export.name)
+            else {
+                seen.push((
+                    export.name,
+                    settings.clone(),
+                    export.scheme,
+                    &server.description,
+                ));
+                continue;
+            };
+            let what = if *other != settings {
+                "different brokers or relay settings"
+            } else if *other_scheme != export.scheme {
+                "different schemes"
+            } else {
+                continue;
+            };
+            return Err(format!(
+                "AMQPHeartbeatEnv: {} is published by {} and by {} with {what}; \
+                 give one of them another name with AMQPHeartbeatEnv",
+                export.name, other_desc, server.description
+            ));
         }
     }
     Ok(())
@@ -524,6 +537,14 @@ mod tests {
             check_env_conflicts(&[named("m", &a), named("v", &b_other_name), named("o", &off)])
                 .is_ok()
         );
-        assert!(check_env_conflicts(&[named("m", &a), named("v", &a.clone())]).is_ok());
+        let a_again = a.clone();
+        assert!(check_env_conflicts(&[named("m", &a), named("v", &a_again)]).is_ok());
+        let a_rabbit = cfg(&[
+            (Directive::Broker, &["amqp://a/"]),
+            (Directive::Env, &["AMQP_HEARTBEAT_URL", "rabbit"]),
+        ])
+        .unwrap();
+        let err = check_env_conflicts(&[named("m", &a), named("v", &a_rabbit)]).unwrap_err();
+        assert!(err.contains("different schemes"), "{err}");
     }
 }
