@@ -50,6 +50,16 @@ def threads(pid):
     return len(os.listdir("/proc/%d/task" % pid))
 
 
+def thread_names(pid):
+    """Sorted comm of every thread of pid (e.g. "amqp-heartbeat")."""
+    out = []
+    for tid in os.listdir("/proc/%d/task" % pid):
+        name = _read("/proc/%d/task/%s/comm" % (pid, tid))
+        if name is not None:
+            out.append(name.strip())
+    return sorted(out)
+
+
 def all_pids():
     return [int(d) for d in os.listdir("/proc") if d.isdigit()]
 

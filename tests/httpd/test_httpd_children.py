@@ -21,6 +21,7 @@ from harness.httpd import wsgi_body
 
 URL_RX = re.compile(r"^amqp://guest:guest@127\.0\.0\.1:(\d+)/$")
 SLOW = "/?sleep=0.3"
+RELAY_THREAD = "amqp-heartbeat"  # the relay thread's name (src/relay_thread.rs)
 CASES = [
     pytest.param("prefork", None, id="prefork"),
     pytest.param("prefork", "%{GLOBAL}", id="prefork-global"),
@@ -68,6 +69,7 @@ def test_one_relay_thread_per_child_and_url_in_env(module_so, make_httpd, mpm, g
     seen_ports = set()
     for pid, a in answers.items():
         assert threads[pid] == base_child + 1, "child %d: %d threads, baseline %d" % (pid, threads[pid], base_child)
+        assert procs.thread_names(pid).count(RELAY_THREAD) == 1, procs.thread_names(pid)
         env = a["env"]["AMQP_HEARTBEAT_URL"]
         url = env["os.environ"]
         assert url and URL_RX.match(url), "child %d: os.environ has %r" % (pid, url)
@@ -116,6 +118,7 @@ def test_no_broker_no_thread_no_env(module_so, make_httpd, mpm, group):
     threads = h.stable_threads_of(answers)
     for pid, a in answers.items():
         assert threads[pid] == base_child, "child %d has a thread without a broker" % pid
+        assert RELAY_THREAD not in procs.thread_names(pid)
         assert relay_ports(pid, h) == []
         for n in ("SOME_URL", "AMQP_HEARTBEAT_URL"):
             assert a["env"][n] == {"os.environ": None, "getenv": None, "wsgi": None}, a["env"]

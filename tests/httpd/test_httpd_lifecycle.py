@@ -53,6 +53,8 @@ def test_graceful_restart(module_so, make_httpd, mpm, group):
     expected = per_child.pop()
     for pid, n in h.stable_threads_of(new).items():
         assert n == expected, "new child %d: %d threads, old ones had %d" % (pid, n, expected)
+        assert procs.thread_names(pid).count("amqp-heartbeat") == 1, procs.thread_names(pid)
+    assert "amqp-heartbeat" not in procs.thread_names(h.parent_pid)
     # The new children publish working URLs of their own.
     fresh = h.hit_all_children("/?sleep=0.3&connect=1")
     assert sorted(fresh) == sorted(new)
