@@ -217,7 +217,7 @@ def verdict(node, direct, module):
             return "dropped at +%.1f s" % (v.close["time"] - v.answers[0]["_end"])
         if v.gone_at:
             return "gone by +%.0f s" % (v.gone_at - v.answers[0]["_end"])
-        return "alive after %.0f s" % (v.answers[1]["_start"] - v.answers[0]["_end"])
+        return "alive after %.0f s idle" % (v.answers[1]["_start"] - v.answers[0]["_end"])
 
     def reason_cell(v):
         if v.close:
@@ -234,7 +234,8 @@ def verdict(node, direct, module):
     def second_cell(body):
         if body["_status"] != 200:
             return "FAILED (%s)" % body["_status"]
-        return "%s, %.2f s" % ("reconnected" if body.get("reconnected") else "no reconnect", body["_took"])
+        return "%s, %.0f ms" % ("reconnected" if body.get("reconnected") else "no reconnect",
+                                body["_took"] * 1000)
 
     table = [
         ("client heartbeat", "%s s (a green thread)" % d1.get("heartbeat_timeout_threshold"),
@@ -248,7 +249,7 @@ def verdict(node, direct, module):
     line()
     line("Verdict (RabbitMQ heartbeat %d s, one prefork child, +N s = after request 1):" % BROKER_HEARTBEAT)
     line()
-    w0, w1, w2 = 24, 33, 33
+    w0, w1, w2 = 24, 36, 38
     line("  %-*s  %-*s  %s" % (w0, "", w1, "direct to RabbitMQ", "through mod_amqp_heartbeat"))
     line("  %s  %s  %s" % ("-" * w0, "-" * w1, "-" * w2))
     for label, a, b in table:

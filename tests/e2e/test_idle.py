@@ -140,6 +140,8 @@ def _summarize(s):
 def _check_first(s, name, app):
     a = s.first[name]
     assert a["status"] == 200, "first request to %s failed: %s\n%s" % (name, a["body"], s.httpd.error_log_tail())
+    group = {n: g for n, _, _, g in VARIANTS}[name]
+    assert a["body"]["application_group"] == ("" if group == "%{GLOBAL}" else "%s.e2e|" % name), a["body"]
     names = _names(app, a)
     want = OSLO_ROLES if app == "oslo" else KOMBU_ROLES
     assert sorted(names) == sorted(want), "%s opened connections for %s, expected %s" % (name, names, want)

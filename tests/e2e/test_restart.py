@@ -99,8 +99,8 @@ def test_control_send_while_broker_down_fails(scenario):
     s = scenario
     assert s.probe_first["status"] == 200, s.probe_first["body"]
     down = s.probe_down["body"]
-    assert s.probe_down["status"] != 200 and down["ops"][0]["result"].startswith("error"), (
-        "a notification went out while the broker was down: %s" % down)
+    sent = s.probe_down["status"] == 200 and all(o["result"] == "ok" for o in down.get("ops", []))
+    assert not sent, "a notification went out while the broker was down: %s" % down
     # ...and the same app works again once the broker is back.
     assert s.probe_up["status"] == 200, s.probe_up["body"]
 
