@@ -180,7 +180,8 @@ pub async fn serve(
 
     let started = Instant::now();
     let mut pump = Pump::new(client, dialed.stream, ctx.settings.heartbeat);
-    pump.c2u.push(Bytes::from_static(&PROTOCOL_HEADER));
+    // The dial sent the protocol header and read the broker's first frame.
+    pump.u2c.inbuf = dialed.first_bytes;
     // Anything the client pipelined after its header is frames.
     first_bytes.advance(PROTOCOL_HEADER.len());
     pump.c2u.inbuf = first_bytes;

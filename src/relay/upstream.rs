@@ -1,5 +1,11 @@
 //! Dialing the broker: the URLs in order, each try bounded by the connect
-//! timeout (DNS + TCP + TLS), TLS with rustls and certificate verification.
+//! timeout (DNS + TCP + TLS + the broker's Connection.Start), TLS with
+//! rustls and certificate verification.
+//!
+//! A try only counts as answered once the broker has sent its first frame:
+//! a host that takes the TCP connection but never speaks AMQP (a hung
+//! broker, a wrong port) then fails over like an unreachable one, while the
+//! client has not yet seen anything it would have to unlearn.
 //!
 //! Everything here is async on the relay's event loop, so a slow dial never
 //! delays the other connections' heartbeats. Host names that are not IP
@@ -8,10 +14,13 @@
 
 use crate::broker_url::BrokerUrl;
 use crate::config::RelaySettings;
+use crate::relay::connection::HANDSHAKE_FRAME_MAX;
+use crate::relay::frame::{PROTOCOL_HEADER, Scan, scan};
+use bytes::BytesMut;
 use rustls::pki_types::ServerName;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -26,6 +35,9 @@ pub struct Dialed {
     /// The relay's own address on the upstream socket (the broker's
     /// "peer port" in rabbitmqctl list_connections).
     pub local: Option<SocketAddr>,
+    /// What the broker sent so far: its first frame (Connection.Start),
+    /// maybe more. The protocol header has already gone up.
+    pub first_bytes: BytesMut,
 }
 
 /// TLS client configuration for one listener: the configured CA bundle, or
@@ -64,16 +76,17 @@ pub async fn dial(settings: &RelaySettings, tls: Option<&TlsConnector>) -> Resul
     let mut failures = Vec::new();
     for (index, broker) in settings.brokers.iter().enumerate() {
         match tokio::time::timeout(settings.connect_timeout, dial_one(broker, tls)).await {
-            Ok(Ok((stream, local))) => {
+            Ok(Ok((stream, local, first_bytes))) => {
                 return Ok(Dialed {
                     stream,
                     broker: index,
                     local,
+                    first_bytes,
                 });
             }
             Ok(Err(e)) => failures.push(format!("{broker}: {e}")),
             Err(_) => failures.push(format!(
-                "{broker}: no answer within {}s (AMQPHeartbeatConnectTimeout)",
+                "{broker}: no AMQP answer within {}s (AMQPHeartbeatConnectTimeout)",
                 settings.connect_timeout.as_secs()
             )),
         }
@@ -82,6 +95,42 @@ pub async fn dial(settings: &RelaySettings, tls: Option<&TlsConnector>) -> Resul
 }
 
 async fn dial_one(
+    broker: &BrokerUrl,
+    tls: Option<&TlsConnector>,
+) -> Result<(Box<dyn BrokerIo>, Option<SocketAddr>, BytesMut), String> {
+    let (mut stream, local) = connect(broker, tls).await?;
+    stream
+        .write_all(&PROTOCOL_HEADER)
+        .await
+        .map_err(|e| format!("sending the protocol header: {e}"))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| format!("sending the protocol header: {e}"))?;
+    let mut first = BytesMut::with_capacity(4096);
+    loop {
+        match scan(&first, HANDSHAKE_FRAME_MAX) {
+            Scan::Frame(_) => return Ok((stream, local, first)),
+            Scan::Invalid(_) if first.starts_with(b"AMQP") => {
+                return Err(format!(
+                    "the broker does not speak AMQP 0-9-1 (it answered with protocol header {:?})",
+                    String::from_utf8_lossy(&first[..first.len().min(8)])
+                ));
+            }
+            Scan::Invalid(e) => return Err(format!("the broker's first frame is malformed: {e}")),
+            Scan::Incomplete => {}
+        }
+        match stream.read_buf(&mut first).await {
+            Ok(0) => {
+                return Err("the broker closed the connection before Connection.Start".to_string());
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("waiting for Connection.Start: {e}")),
+        }
+    }
+}
+
+async fn connect(
     broker: &BrokerUrl,
     tls: Option<&TlsConnector>,
 ) -> Result<(Box<dyn BrokerIo>, Option<SocketAddr>), String> {
