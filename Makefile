@@ -41,5 +41,10 @@ demo: deps build
 bench: deps build
 	scripts/bench.sh
 
+# P4: 256 children x 2 relayed connections for 10 minutes (not in CI).
+.PHONY: soak
+soak: deps build
+	scripts/soak.sh
+
 clean:
 	$(CARGO) clean

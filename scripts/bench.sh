@@ -1,0 +1,77 @@
+#!/bin/bash
+# `make bench` (after deps and build): every benchmark of issue 5 except
+# the soak (`make soak`), relay versus direct, then one table of all
+# figures. Takes about 15 minutes on 2 cores.
+#
+#   P1/P2  cargo bench --bench relay: throughput and latency, in-process
+#          relay versus direct, against one private RabbitMQ node
+#   P3     benches/httpd_bench.py p3: cost per prefork child
+#   P5     benches/httpd_bench.py p5: oslo heartbeat_in_pthread versus relay
+#
+# BENCH_QUICK=1 runs short versions (a smoke test of the benchmarks, not
+# figures to record). BENCH_ONLY="p1 p3 p5" picks parts. Work dirs go under
+# tmp/bench-run-PID; on exit anything still running from there is killed.
+set -e
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+PYTHON=/usr/bin/python3
+WORK="$REPO/tmp/bench-run-$$"
+OUT="$WORK/figures.txt"
+ONLY=${BENCH_ONLY:-p1 p3 p5}
+mkdir -p "$WORK"
+chmod 755 "$REPO/tmp" "$WORK"   # httpd children (www-data) reach their dirs
+
+cleanup() {
+    status=$?
+    [ -f "$WORK/rabbit/node.json" ] && $PYTHON tests/harness/rabbit.py stop "$WORK/rabbit" >/dev/null 2>&1 || true
+    if ! $PYTHON tests/harness/procs.py leftovers "$WORK" --kill; then
+        echo "bench.sh: processes were left running (killed above)" >&2
+        [ "$status" -ne 0 ] || status=1
+    fi
+    [ "$status" -ne 0 ] || rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+quick=()
+window_p3=()
+window_p5=()
+if [ -n "$BENCH_QUICK" ]; then
+    quick=(--quick --rounds 1)
+    window_p3=(--window 15 --idle0 5)
+    window_p5=(--window 20)
+fi
+has() { [[ " $ONLY " == *" $1 "* ]]; }
+touch "$OUT"
+
+if has p1; then
+    echo "=== P1/P2: relay versus direct (cargo bench --bench relay)"
+    port=$($PYTHON tests/harness/rabbit.py start "$WORK/rabbit" |
+        $PYTHON -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])["amqp_port"])')
+    cargo bench --bench relay -- --broker-port "$port" "${quick[@]}" | tee -a "$OUT"
+    $PYTHON tests/harness/rabbit.py stop "$WORK/rabbit" >/dev/null
+    rm -f "$WORK/rabbit/node.json"
+fi
+if has p3; then
+    echo "=== P3: cost per prefork child (benches/httpd_bench.py p3)"
+    $PYTHON benches/httpd_bench.py p3 --workdir "$WORK/p3" "${window_p3[@]}" | tee -a "$OUT"
+fi
+if has p5; then
+    echo "=== P5: oslo heartbeat_in_pthread versus the relay (benches/httpd_bench.py p5)"
+    $PYTHON benches/httpd_bench.py p5 --workdir "$WORK/p5" "${window_p5[@]}" | tee -a "$OUT"
+fi
+
+echo
+echo "=== all figures (relay versus direct; for P3 'direct' is the child without the module,"
+echo "    for P5 it is oslo.messaging's heartbeat_in_pthread thread)"
+grep '^bench: P' "$OUT" | sed 's/^bench: //' | awk '
+BEGIN { printf "%-28s %14s %14s %9s %-22s %s\n", "figure", "relay", "direct", "ratio", "unit", "goal (met)" }
+{
+    name = $1; delete f
+    for (i = 2; i <= NF; i++) { split($i, kv, "="); k = kv[1]; sub(/^[^=]*=/, "", $i); f[k] = $i }
+    printf "%-28s %14s %14s %9s %-22s %s (%s)\n", name, f["relay"], f["direct"], f["ratio"], f["unit"], f["goal"], f["met"]
+}'
+if grep -q '^bench: P.* met=NO' "$OUT"; then
+    echo "bench.sh: some goals are not met (see above); figures are recorded, not asserted"
+fi
