@@ -25,7 +25,7 @@ use crate::relay::heartbeat::HeartbeatTimers;
 use crate::relay::methods::{self, ConnectionMethod};
 use crate::relay::upstream::{self, BrokerIo};
 use crate::relay::{EventLog, Level};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::IoSlice;
@@ -384,19 +384,12 @@ impl Pump {
 
         // Client -> relay.
         if !self.client_eof && self.c2u.held() < limit {
-            self.c2u.prepare_read();
-            let offered = self.c2u.inbuf.capacity() - self.c2u.inbuf.len();
-            match tokio_util::io::poll_read_buf(Pin::new(&mut self.client), cx, &mut self.c2u.inbuf)
-            {
+            match read_into(Pin::new(&mut self.client), cx, &mut self.c2u, limit) {
                 Poll::Ready(Ok(0)) => {
                     self.client_eof = true;
                     progress = true;
                 }
-                Poll::Ready(Ok(n)) => {
-                    self.c2u.after_read(n, offered);
-                    note_held(self.c2u.held());
-                    progress = true;
-                }
+                Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Ending::ClientGone(Some(e)))),
                 Poll::Pending => {}
             }
@@ -411,20 +404,15 @@ impl Pump {
 
         // Broker -> relay.
         if !self.broker_eof && self.u2c.held() < limit {
-            self.u2c.prepare_read();
-            let offered = self.u2c.inbuf.capacity() - self.u2c.inbuf.len();
-            match tokio_util::io::poll_read_buf(Pin::new(&mut self.broker), cx, &mut self.u2c.inbuf)
-            {
+            match read_into(Pin::new(&mut self.broker), cx, &mut self.u2c, limit) {
                 Poll::Ready(Ok(0)) => {
                     self.broker_eof = true;
                     progress = true;
                 }
-                Poll::Ready(Ok(n)) => {
+                Poll::Ready(Ok(_)) => {
                     if let Some(hb) = &mut self.upstream_hb {
                         hb.on_received(Instant::now());
                     }
-                    self.u2c.after_read(n, offered);
-                    note_held(self.u2c.held());
                     progress = true;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Ending::BrokerGone(Some(e)))),
@@ -436,6 +424,9 @@ impl Pump {
         }
 
         // Heartbeats are queued before writing so they go out in this round.
+        // When something was read the relay is awake anyway: a heartbeat
+        // that is merely worth sending rides along (see heartbeat.rs).
+        let awake_anyway = progress;
         let now = Instant::now();
         if let Some(hb) = &mut self.upstream_hb {
             // Not reading the broker (the client is not reading) proves
@@ -444,13 +435,17 @@ impl Pump {
             if hb.peer_dead(now) {
                 return Poll::Ready(Some(Ending::BrokerSilent(hb.silence(now))));
             }
-            if hb.send_due(now) && self.c2u.out.is_empty() {
+            if (hb.send_due(now) || awake_anyway && hb.worth_sending(now))
+                && self.c2u.out.is_empty()
+            {
                 self.c2u.push(Bytes::from_static(&HEARTBEAT_FRAME));
                 hb.on_sent(now);
             }
         }
         if let Some(hb) = &mut self.client_hb {
-            if hb.send_due(now) && self.u2c.out.is_empty() {
+            if (hb.send_due(now) || awake_anyway && hb.worth_sending(now))
+                && self.u2c.out.is_empty()
+            {
                 self.u2c.push(Bytes::from_static(&HEARTBEAT_FRAME));
                 hb.on_sent(now);
             }
@@ -756,6 +751,28 @@ impl Pump {
             }
         }
     }
+}
+
+/// Read into `dir`, never past `limit` bytes held in that direction (the
+/// per-direction buffer bound). Ready(Ok(0)) is end of stream.
+fn read_into<R: AsyncRead + Unpin + ?Sized>(
+    reader: Pin<&mut R>,
+    cx: &mut Context<'_>,
+    dir: &mut Direction,
+    limit: usize,
+) -> Poll<std::io::Result<usize>> {
+    let room = limit.saturating_sub(dir.held());
+    dir.prepare_read();
+    let offered = (dir.inbuf.capacity() - dir.inbuf.len()).min(room);
+    let mut window = (&mut dir.inbuf).limit(offered);
+    let polled = tokio_util::io::poll_read_buf(reader, cx, &mut window);
+    if let Poll::Ready(Ok(n)) = polled {
+        if n > 0 {
+            dir.after_read(n, offered);
+            note_held(dir.held());
+        }
+    }
+    polled
 }
 
 /// Write as much of the queue as the socket takes; Ready(Ok(n)) with the

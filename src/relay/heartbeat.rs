@@ -1,8 +1,12 @@
 //! Heartbeat timers, separate from I/O so they are tested with a fake clock.
 //!
-//! - send: a heartbeat is due when nothing was written for interval/2
-//!   (RabbitMQ, like the spec, wants traffic at least every interval; half
-//!   leaves room for scheduling and a slow network);
+//! - send: a heartbeat rides along whenever the relay is awake anyway and
+//!   nothing was written for interval/4 (typically: the broker's own
+//!   heartbeat, which RabbitMQ sends every interval/2, just arrived), and is
+//!   due on its own timer when nothing was written for 5/8 x interval.
+//!   Riding along halves the idle wakeups (one per broker heartbeat instead
+//!   of two) while the gap stays well inside what the broker tolerates (it
+//!   closes after about 2 x interval of silence);
 //! - receive: the peer is dead after 2 x interval with nothing received.
 //!
 //! The receive watch can be paused: while the relay deliberately stops
@@ -51,7 +55,13 @@ impl HeartbeatTimers {
     }
 
     fn send_at(&self) -> Instant {
-        self.last_sent + self.interval / 2
+        self.last_sent + self.interval * 5 / 8
+    }
+
+    /// True when a heartbeat is worth sending now because the relay is awake
+    /// anyway: nothing was written for interval/4.
+    pub fn worth_sending(&self, now: Instant) -> bool {
+        now >= self.last_sent + self.interval / 4
     }
 
     fn dead_at(&self) -> Instant {
@@ -93,16 +103,27 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     #[test]
-    fn sends_at_half_interval_and_rearms_on_write() {
+    fn sends_at_five_eighths_and_rides_along_after_a_quarter() {
         let t0 = Instant::now();
-        let mut hb = HeartbeatTimers::new(10 * S, t0);
+        let mut hb = HeartbeatTimers::new(8 * S, t0);
+        assert!(!hb.worth_sending(t0 + S));
+        assert!(hb.worth_sending(t0 + 2 * S));
         assert!(!hb.send_due(t0 + 4 * S));
         assert!(hb.send_due(t0 + 5 * S));
         assert_eq!(hb.next_deadline(true), Some(t0 + 5 * S));
-        assert_eq!(hb.next_deadline(false), Some(t0 + 20 * S));
+    }
+
+    #[test]
+    fn rearms_on_write() {
+        let t0 = Instant::now();
+        let mut hb = HeartbeatTimers::new(16 * S, t0);
+        assert!(!hb.send_due(t0 + 9 * S));
+        assert!(hb.send_due(t0 + 10 * S));
+        assert_eq!(hb.next_deadline(true), Some(t0 + 10 * S));
+        assert_eq!(hb.next_deadline(false), Some(t0 + 32 * S));
         hb.on_sent(t0 + 4 * S);
-        assert!(!hb.send_due(t0 + 8 * S));
-        assert!(hb.send_due(t0 + 9 * S));
+        assert!(!hb.send_due(t0 + 13 * S));
+        assert!(hb.send_due(t0 + 14 * S));
     }
 
     #[test]
@@ -124,7 +145,7 @@ mod tests {
         let mut hb = HeartbeatTimers::new(2 * S, t0);
         hb.set_receive_paused(true, t0 + S);
         assert!(!hb.peer_dead(t0 + 100 * S));
-        assert_eq!(hb.next_deadline(true), Some(t0 + S));
+        assert_eq!(hb.next_deadline(true), Some(t0 + 2 * S * 5 / 8));
         assert_eq!(hb.next_deadline(false), None);
         // Resuming opens a fresh window rather than counting the pause.
         hb.set_receive_paused(false, t0 + 100 * S);
