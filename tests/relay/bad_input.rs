@@ -145,16 +145,8 @@ pub fn malformed_input_table(env: &Env) -> Result<(), String> {
         // Each upstream was closed with a Connection.Close of the relay's,
         // which the broker logs as a client-initiated close.
         for (name, port) in upstreams {
-            let entry = node
-                .wait_log_entry(
-                    &["closing AMQP connection", &format!("127.0.0.1:{port} ->")],
-                    Duration::from_secs(5),
-                )
+            node.wait_clean_close(port)
                 .map_err(|e| format!("{name}: {e}"))?;
-            ensure!(
-                !entry.contains("unexpectedly"),
-                "{name}: the broker saw the upstream vanish: {entry}"
-            );
         }
         ensure!(!relay.log.contains("panicked"), "the relay panicked");
         witness.client.close()

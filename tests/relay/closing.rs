@@ -10,20 +10,9 @@ use amq_protocol::protocol::{AMQPClass, channel};
 use mod_amqp_heartbeat::relay_thread::StopOutcome;
 use std::time::{Duration, Instant};
 
-/// The broker's log entry for the close of the connection from `port`;
-/// fails when the broker saw the socket vanish instead.
 fn closed_cleanly(node: &Node, port: u16, what: &str) -> Result<String, String> {
-    let entry = node
-        .wait_log_entry(
-            &["closing AMQP connection", &format!("127.0.0.1:{port} ->")],
-            Duration::from_secs(5),
-        )
-        .map_err(|e| format!("{what}: {e}"))?;
-    ensure!(
-        !entry.contains("unexpectedly closed"),
-        "{what}: the broker saw the upstream vanish without Connection.Close: {entry}"
-    );
-    Ok(entry)
+    node.wait_clean_close(port)
+        .map_err(|e| format!("{what}: {e}"))
 }
 
 /// Client Close/CloseOk pass through: the client gets CloseOk and a closed

@@ -11,6 +11,41 @@ use std::time::{Duration, Instant};
 
 const INTERVAL: u16 = 2;
 
+/// What an idle client received from `from` to the end of its watch.
+struct Heartbeats {
+    count: usize,
+    /// Seconds between `from`, each heartbeat and the end of the watch: a
+    /// silence at either end is a gap too.
+    gaps: Vec<f64>,
+}
+
+impl Heartbeats {
+    fn max_gap(&self) -> f64 {
+        self.gaps.iter().cloned().fold(0.0, f64::max)
+    }
+}
+
+/// Read an idle client's heartbeats until `from + watch`; anything else
+/// arriving, or the connection ending, is an error.
+fn heartbeats(c: &mut Client, from: Instant, watch: Duration) -> Result<Heartbeats, String> {
+    let mut times = vec![from];
+    loop {
+        match c.read_frame_until(from + watch)? {
+            Ok(r) if r.frame == amq_protocol::frame::AMQPFrame::Heartbeat => times.push(r.at),
+            Ok(r) => return Err(format!("an idle client received {:?}", r.frame)),
+            Err(Ending::Timeout) => break,
+            Err(e) => return Err(format!("the idle connection ended: {e:?}")),
+        }
+    }
+    let count = times.len() - 1;
+    times.push(Instant::now());
+    let gaps = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    Ok(Heartbeats { count, gaps })
+}
+
 /// A client that goes completely silent for 10 x the relay interval keeps
 /// its broker connection, which the broker lists with the relay's
 /// heartbeat, and publishes afterwards. Two clients: one that asked for no
@@ -108,33 +143,24 @@ pub fn client_heartbeat_1_gets_relay_heartbeats(env: &Env) -> Result<(), String>
     )?;
     relay.explain((|| {
         let mut c = Client::open(relay.addr, Tuning::heartbeat(1))?;
-        let start = Instant::now();
         let watch = Duration::from_secs(4);
-        let mut times = vec![start];
-        loop {
-            match c.read_frame_until(start + watch)? {
-                Ok(r) if r.frame == amq_protocol::frame::AMQPFrame::Heartbeat => times.push(r.at),
-                Ok(r) => return Err(format!("an idle client received {:?}", r.frame)),
-                Err(amqp::Ending::Timeout) => break,
-                Err(e) => return Err(format!("the idle connection ended: {e:?}")),
-            }
-        }
-        let beats = times.len() - 1;
-        eprintln!("client heartbeat 1: {beats} heartbeats in {watch:?}");
-        let gaps: Vec<f64> = times
-            .windows(2)
-            .map(|w| (w[1] - w[0]).as_secs_f64())
-            .collect();
-        let max_gap = gaps.iter().cloned().fold(0.0, f64::max);
-        ensure!(
-            beats >= 5,
-            "{beats} heartbeats in {watch:?} (expected about 8, one per 0.5 s); gaps {gaps:.2?}"
+        let beats = heartbeats(&mut c, Instant::now(), watch)?;
+        eprintln!(
+            "client heartbeat 1: {} heartbeats in {watch:?}, gaps {:.2?}",
+            beats.count, beats.gaps
         );
-        eprintln!("client heartbeat 1: gaps {gaps:.2?}");
-        let steady = max_gap < 1.0;
+        ensure!(
+            beats.count >= 6,
+            "{} heartbeats in {watch:?} (expected about 8, one per 0.5 s); gaps {:.2?}",
+            beats.count,
+            beats.gaps
+        );
+        let steady = beats.max_gap() < 1.0;
         ensure!(
             steady,
-            "a gap of {max_gap:.2}s between heartbeats to a client that asked for 1 s: {gaps:.2?}"
+            "a gap of {:.2}s between heartbeats to a client that asked for 1 s: {:.2?}",
+            beats.max_gap(),
+            beats.gaps
         );
         c.close()
     })())
@@ -258,31 +284,18 @@ pub fn slow_dials_do_not_delay_other_connections(env: &Env) -> Result<(), String
         // Accepting them is connection_burst_does_not_stall_heartbeats's
         // business: watch once they are all waiting for their TLS peer.
         std::thread::sleep(Duration::from_millis(1500));
-        let watch = Duration::from_secs(3);
-        let watch_from = Instant::now();
-        let mut times = vec![];
-        loop {
-            match c.read_frame_until(watch_from + watch)? {
-                Ok(r) if r.frame == amq_protocol::frame::AMQPFrame::Heartbeat => times.push(r.at),
-                Ok(r) => return Err(format!("an idle client received {:?}", r.frame)),
-                Err(amqp::Ending::Timeout) => break,
-                Err(e) => return Err(format!("the idle connection ended: {e:?}")),
-            }
-        }
-        let gaps: Vec<f64> = times
-            .windows(2)
-            .map(|w| (w[1] - w[0]).as_secs_f64())
-            .collect();
-        let max_gap = gaps.iter().cloned().fold(0.0, f64::max);
-        let steady = max_gap < 1.0 && gaps.len() >= 4;
-        ensure!(
-            steady,
-            "heartbeats to the client while {} dials hung: gaps {gaps:.2?}",
+        let beats = heartbeats(&mut c, Instant::now(), Duration::from_secs(3))?;
+        eprintln!(
+            "slow dials: heartbeat gaps {:.2?} while {} dials hung",
+            beats.gaps,
             hanging.len()
         );
-        eprintln!(
-            "slow dials: heartbeat gaps {gaps:.2?} while {} dials hung",
-            hanging.len()
+        let steady = beats.max_gap() < 1.0 && beats.count >= 4;
+        ensure!(
+            steady,
+            "heartbeats to the client while {} dials hung: gaps {:.2?}",
+            hanging.len(),
+            beats.gaps
         );
         let sent = Instant::now();
         c.publish_confirmed(1, "nowhere", b"while dials hang")?;
@@ -341,31 +354,15 @@ pub fn connection_burst_does_not_stall_heartbeats(env: &Env) -> Result<(), Strin
                 std::net::TcpStream::connect(relay.addr).map_err(|e| format!("burst connect: {e}"))?,
             );
         }
-        let mut times = vec![burst_at];
-        let watch = Duration::from_secs(3);
-        loop {
-            match c.read_frame_until(burst_at + watch)? {
-                Ok(r) if r.frame == amq_protocol::frame::AMQPFrame::Heartbeat => times.push(r.at),
-                Ok(r) => return Err(format!("an idle client received {:?}", r.frame)),
-                Err(amqp::Ending::Timeout) => {
-                    // Silence up to the end of the watch is a gap too.
-                    times.push(Instant::now());
-                    break;
-                }
-                Err(e) => return Err(format!("the idle connection ended: {e:?}")),
-            }
-        }
-        let gaps: Vec<f64> = times
-            .windows(2)
-            .map(|w| (w[1] - w[0]).as_secs_f64())
-            .collect();
-        let max_gap = gaps.iter().cloned().fold(0.0, f64::max);
-        eprintln!("connection burst: heartbeat gaps {gaps:.2?} after {BURST} connects");
-        let steady = max_gap < 0.75;
+        let beats = heartbeats(&mut c, burst_at, Duration::from_secs(3))?;
+        eprintln!("connection burst: heartbeat gaps {:.2?} after {BURST} connects", beats.gaps);
+        let steady = beats.max_gap() < 0.75;
         ensure!(
             steady,
-            "heartbeats (due every 0.5 s) stalled for up to {max_gap:.2}s after a burst of {BURST} connects: \
-             gaps {gaps:.2?} (the relay's accept path blocks its event loop)"
+            "heartbeats (due every 0.5 s) stalled for up to {:.2}s after a burst of {BURST} connects: \
+             gaps {:.2?} (the relay's accept path blocks its event loop)",
+            beats.max_gap(),
+            beats.gaps
         );
         drop(burst);
         c.close()

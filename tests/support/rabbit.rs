@@ -222,6 +222,27 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The log entry for the close of the connection from `peer_port`; an
+    /// error when the broker saw that socket vanish ("client unexpectedly
+    /// closed TCP connection") instead of receiving a Connection.Close.
+    pub fn wait_clean_close(&self, peer_port: u16) -> Result<String, String> {
+        let entry = self.wait_log_entry(
+            &[
+                "closing AMQP connection",
+                &format!("127.0.0.1:{peer_port} ->"),
+            ],
+            Duration::from_secs(5),
+        )?;
+        if entry.contains("unexpectedly closed") {
+            return Err(format!(
+                "the broker saw the connection vanish without Connection.Close: {entry}"
+            ));
+        }
+        Ok(entry)
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         if !self.stopped.load(Ordering::SeqCst) {
