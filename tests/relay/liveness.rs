@@ -224,9 +224,10 @@ pub fn sleeping_consumer_is_not_a_dead_broker(env: &Env) -> Result<(), String> {
             !relay.log.contains("missed heartbeats") && !relay.log.contains("closed:"),
             "the relay closed or declared the broker dead while the client slept"
         );
-        // The relay's own account: per direction max(256 KiB, 2 x frame_max)
-        // held, plus at most one read (128 KiB) past it.
-        let bound = MIN_BUFFER.max(2 * 131_072) + 128 * 1024;
+        // The relay's own account of its bound: per direction at most
+        // max(256 KiB, 2 x frame_max) held (every connection in this binary
+        // negotiates frame_max 131072).
+        let bound = MIN_BUFFER.max(2 * 131_072);
         ensure!(
             peak <= bound,
             "the relay held {peak} bytes in one direction while the client slept (bound {bound})"
@@ -356,10 +357,12 @@ pub fn connection_burst_does_not_stall_heartbeats(env: &Env) -> Result<(), Strin
         }
         let beats = heartbeats(&mut c, burst_at, Duration::from_secs(3))?;
         eprintln!("connection burst: heartbeat gaps {:.2?} after {BURST} connects", beats.gaps);
-        let steady = beats.max_gap() < 0.75;
+        // Due every 0.5 s (0.65 s when riding along with the broker's);
+        // well short of the 1 s the client asked for.
+        let steady = beats.max_gap() < 0.9;
         ensure!(
             steady,
-            "heartbeats (due every 0.5 s) stalled for up to {:.2}s after a burst of {BURST} connects: \
+            "heartbeats (due about every 0.5 s) stalled for up to {:.2}s after a burst of {BURST} connects: \
              gaps {:.2?} (the relay's accept path blocks its event loop)",
             beats.max_gap(),
             beats.gaps
