@@ -105,7 +105,7 @@ mod tests {
     #[test]
     fn sends_at_five_eighths_and_rides_along_after_a_quarter() {
         let t0 = Instant::now();
-        let mut hb = HeartbeatTimers::new(8 * S, t0);
+        let hb = HeartbeatTimers::new(8 * S, t0);
         assert!(!hb.worth_sending(t0 + S));
         assert!(hb.worth_sending(t0 + 2 * S));
         assert!(!hb.send_due(t0 + 4 * S));

@@ -55,6 +55,9 @@ impl RelayListener {
     /// std opens).
     pub fn bind_loopback(settings: Arc<RelaySettings>) -> std::io::Result<RelayListener> {
         let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+        // std listens with a backlog of 128; a burst of connects beyond it
+        // would wait a whole SYN retry (1 s). Linux caps this at somaxconn.
+        nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN)?;
         listener.set_nonblocking(true)?;
         Ok(RelayListener { listener, settings })
     }

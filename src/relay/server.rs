@@ -133,6 +133,34 @@ impl Drop for ActiveGuard {
 }
 
 impl Acceptor {
+    /// Why a new client may not use the relay, if it may not.
+    fn refusal(&self, peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<String> {
+        match peer::client_is_this_process(peer, local) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Some(
+                    "its socket is not held by this process (only this httpd child's app may use its relay)".to_string(),
+                );
+            }
+            Err(e) => return Some(format!("cannot tell which process holds its socket ({e})")),
+        }
+        let active = self.active.load(Ordering::Relaxed);
+        let max = self.settings.max_connections as usize;
+        (active >= max).then(|| {
+            format!("{active} connections already relayed (AMQPHeartbeatMaxConnections {max})")
+        })
+    }
+
+    /// Close a refused client with a FIN rather than a reset (what it sent
+    /// is read and dropped briefly), so it sees a plain end of stream.
+    fn refuse(&self, stream: tokio::net::TcpStream) {
+        let mut stream = stream;
+        self.tracker.spawn(async move {
+            let deadline = std::time::Instant::now() + connection::CLOSE_TIMEOUT;
+            connection::finish_client(&mut stream, Default::default(), None, deadline).await;
+        });
+    }
+
     async fn run(self, mut shutdown: watch::Receiver<Option<Duration>>) {
         let local = match self.listener.local_addr() {
             Ok(a) => a,
@@ -163,39 +191,13 @@ impl Acceptor {
                     continue;
                 }
             };
-            match peer::client_is_this_process(peer, local) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.log.event(
-                        self.index,
-                        Level::Warn,
-                        &format!(
-                            "refused {peer}: its socket is not held by this process (only this httpd child's app may use its relay)"
-                        ),
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    self.log.event(
-                        self.index,
-                        Level::Warn,
-                        &format!(
-                            "refused {peer}: cannot tell which process holds its socket ({e})"
-                        ),
-                    );
-                    continue;
-                }
-            }
-            let active = self.active.load(Ordering::Relaxed);
-            if active >= self.settings.max_connections as usize {
+            if let Some(reason) = self.refusal(peer, local) {
                 self.log.event(
                     self.index,
                     Level::Warn,
-                    &format!(
-                        "refused {peer}: {active} connections already relayed (AMQPHeartbeatMaxConnections {})",
-                        self.settings.max_connections
-                    ),
+                    &format!("refused {peer}: {reason}"),
                 );
+                self.refuse(stream);
                 continue;
             }
             self.active.fetch_add(1, Ordering::Relaxed);
