@@ -18,8 +18,8 @@
 
 use crate::config::RelaySettings;
 use crate::relay::frame::{
-    CONNECTION_FORCED, FRAME_HEARTBEAT, FRAME_METHOD, HEARTBEAT_FRAME, PROTOCOL_HEADER,
-    REPLY_SUCCESS, SYNTAX_ERROR, Scan, scan,
+    CONNECTION_FORCED, FRAME_HEARTBEAT, FRAME_METHOD, FrameError, FrameInfo, HEARTBEAT_FRAME,
+    PROTOCOL_HEADER, REPLY_SUCCESS, SYNTAX_ERROR, Scan, scan,
 };
 use crate::relay::heartbeat::HeartbeatTimers;
 use crate::relay::methods::{self, ConnectionMethod};
@@ -278,6 +278,28 @@ impl Direction {
         }
     }
 
+    /// The next frame past the scanned ones, with its payload's range in
+    /// `inbuf`; heartbeat frames are absorbed on the way (the relay owns
+    /// liveness on both sides). The frame stays unscanned so the caller can
+    /// look at it, patch it in place, then pass it with `scanned += len`.
+    fn next_frame(&mut self, frame_max: usize) -> NextFrame {
+        loop {
+            let at = self.scanned;
+            match scan(&self.inbuf[at..], frame_max) {
+                Scan::Incomplete => return NextFrame::None,
+                Scan::Invalid(e) => return NextFrame::Invalid(e),
+                Scan::Frame(info) if info.kind == FRAME_HEARTBEAT => {
+                    self.release_scanned();
+                    self.inbuf.advance(info.len);
+                }
+                Scan::Frame(info) => {
+                    let payload = info.payload_range();
+                    return NextFrame::Frame(info, at + payload.start..at + payload.end);
+                }
+            }
+        }
+    }
+
     fn consume(&mut self, mut n: usize) {
         self.out_len -= n;
         while n > 0 {
@@ -312,6 +334,12 @@ impl Direction {
             self.inbuf = BytesMut::new();
         }
     }
+}
+
+enum NextFrame {
+    None,
+    Invalid(FrameError),
+    Frame(FrameInfo, std::ops::Range<usize>),
 }
 
 struct Pump {
@@ -509,24 +537,17 @@ impl Pump {
     /// replaced by the relay's, close methods noted; the rest untouched.
     fn scan_client_frames(&mut self) -> Result<(), Ending> {
         loop {
-            let at = self.c2u.scanned;
-            let info = match scan(&self.c2u.inbuf[at..], self.frame_max) {
-                Scan::Incomplete => break,
-                Scan::Invalid(e) => {
+            let (info, range) = match self.c2u.next_frame(self.frame_max) {
+                NextFrame::None => break,
+                NextFrame::Invalid(e) => {
                     return Err(Ending::ClientSentBadFrame {
                         code: e.reply_code(),
                         text: format!("relay: client sent a malformed frame: {e}"),
                     });
                 }
-                Scan::Frame(info) => info,
+                NextFrame::Frame(info, range) => (info, range),
             };
-            if info.kind == FRAME_HEARTBEAT {
-                self.c2u.release_scanned();
-                self.c2u.inbuf.advance(info.len);
-                continue;
-            }
             if info.kind == FRAME_METHOD && info.channel == 0 {
-                let range = at + info.payload_range().start..at + info.payload_range().end;
                 match methods::connection_method(&self.c2u.inbuf[range.clone()]) {
                     Some(ConnectionMethod::TuneOk) => {
                         let payload = &mut self.c2u.inbuf[range];
@@ -571,24 +592,17 @@ impl Pump {
     /// broker alive), Tune's heartbeat offered to the client as 0.
     fn scan_broker_frames(&mut self) -> Result<(), Ending> {
         loop {
-            let at = self.u2c.scanned;
-            let info = match scan(&self.u2c.inbuf[at..], self.frame_max) {
-                Scan::Incomplete => break,
-                Scan::Invalid(e) => {
+            let (info, range) = match self.u2c.next_frame(self.frame_max) {
+                NextFrame::None => break,
+                NextFrame::Invalid(e) => {
                     return Err(Ending::BrokerSentBadFrame {
                         code: e.reply_code(),
                         text: format!("relay: broker sent a malformed frame: {e}"),
                     });
                 }
-                Scan::Frame(info) => info,
+                NextFrame::Frame(info, range) => (info, range),
             };
-            if info.kind == FRAME_HEARTBEAT {
-                self.u2c.release_scanned();
-                self.u2c.inbuf.advance(info.len);
-                continue;
-            }
             if info.kind == FRAME_METHOD && info.channel == 0 {
-                let range = at + info.payload_range().start..at + info.payload_range().end;
                 match methods::connection_method(&self.u2c.inbuf[range.clone()]) {
                     Some(ConnectionMethod::Tune) => {
                         let payload = &mut self.u2c.inbuf[range];
