@@ -25,9 +25,15 @@
 //! app client --tcp 127.0.0.1:PORT--> [relay thread] ==amqp(s)==> broker
 //! ```
 
+// The safe core stays safe and panic-free by construction: `unsafe` is
+// allowed only in the Apache/FFI layer, unwrap/expect only in tests.
+#![deny(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod broker_url;
 pub mod config;
 pub mod relay;
 pub mod relay_thread;
 
+#[allow(unsafe_code)]
 mod apache;
