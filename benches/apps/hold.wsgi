@@ -5,9 +5,12 @@
 # from SetEnv BENCH_DIRECT_URL (the broker itself, the baseline).
 #
 #   /open?n=2   open connections until n are held; JSON: pid, held, url kind
+#               (&hold=S: then sleep S seconds, so concurrent requests
+#               spread over the children)
 #   /info       pid and how many are held
 import json
 import os
+import time
 import urllib.parse
 
 import kombu
@@ -32,6 +35,7 @@ def application(environ, start_response):
                 c = kombu.Connection(url, heartbeat=0, connect_timeout=10)
                 c.connect()
                 _held.append(c)
+            time.sleep(float(qs.get('hold', ['0'])[0]))
         elif path != '/info':
             status = '404 Not Found'
         body['held'] = len(_held)
