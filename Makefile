@@ -14,9 +14,11 @@ all: build
 build: $(MODULE)
 
 # cargo decides what is stale; the copy gives the module its httpd name.
+# Replace the file by rename, never rewrite it in place: an httpd that has
+# it mapped would crash. Unchanged builds leave it alone.
 $(MODULE): FORCE
 	$(CARGO) build --release
-	cp $(MODULE_SO) $(MODULE)
+	cmp -s $(MODULE_SO) $(MODULE) || { cp $(MODULE_SO) $(MODULE).tmp && mv -f $(MODULE).tmp $(MODULE); }
 
 FORCE:
 
