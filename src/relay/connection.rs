@@ -523,7 +523,14 @@ impl Pump {
         let deadline = upstream_deadline.into_iter().chain(client_deadline).min();
         if let Some(deadline) = deadline {
             let deadline = tokio::time::Instant::from_std(deadline);
-            if self.timer.deadline() != deadline {
+            if deadline > self.timer.deadline() {
+                // tokio extends a timer lazily: the old wheel slot still
+                // fires (a wakeup for nothing) and is moved then. Every
+                // broker heartbeat pushes this deadline later, so a fresh
+                // timer (the old one leaves the wheel when dropped) saves
+                // one wakeup per broker heartbeat.
+                self.timer = Box::pin(tokio::time::sleep_until(deadline));
+            } else if deadline < self.timer.deadline() {
                 self.timer.as_mut().reset(deadline);
             }
             if self.timer.as_mut().poll(cx).is_ready() {
