@@ -547,4 +547,30 @@ mod tests {
         let err = check_env_conflicts(&[named("m", &a), named("v", &a_rabbit)]).unwrap_err();
         assert!(err.contains("different schemes"), "{err}");
     }
+
+    proptest::proptest! {
+        /// The directive parser's fuzz in `make test` (the long runs are
+        /// `fuzz/run.sh config_apply`): any directive with any arguments
+        /// never panics; a rejection names the directive and leaves the
+        /// record as it was.
+        #[test]
+        fn any_directive_input_is_handled(
+            index in 0u32..6,
+            args in proptest::collection::vec("[ -~]{0,40}|amqps?://[a-z0-9:@%./\\[\\]_-]{0,40}|[0-9]{0,6}", 0..4),
+        ) {
+            let directive = Directive::from_index(index).unwrap();
+            let mut config = ServerConfig::default();
+            config.apply(Directive::Env, &["EXISTING"]).unwrap();
+            let before = config.clone();
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            if let Err(message) = config.apply(directive, &refs) {
+                proptest::prop_assert!(message.contains(directive.name()), "{message}");
+                proptest::prop_assert_eq!(&config, &before);
+            }
+            if let Some(settings) = config.relay_settings() {
+                proptest::prop_assert!(!settings.brokers.is_empty());
+                proptest::prop_assert!(settings.heartbeat.as_secs() >= 1);
+            }
+        }
+    }
 }

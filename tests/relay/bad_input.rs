@@ -296,7 +296,7 @@ pub fn random_client_bytes_never_hurt_the_relay(env: &Env) -> Result<(), String>
     let input = proptest::collection::vec(chunk, 1..6).prop_map(|chunks| chunks.concat());
 
     let mut runner = TestRunner::new(Config {
-        cases: 64,
+        cases: 1000,
         failure_persistence: None,
         ..Config::default()
     });
