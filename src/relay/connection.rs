@@ -30,6 +30,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,6 +58,8 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// that its reply does not turn into a reset that destroys what it has not
 /// read yet.
 const LINGER: Duration = Duration::from_millis(500);
+/// Queued chunks handed to one vectored write.
+const MAX_WRITE_SLICES: usize = 64;
 /// Iterations of the pump before it yields to other connections.
 const PUMP_BUDGET: usize = 64;
 
@@ -282,22 +285,31 @@ impl Direction {
     /// `inbuf`; heartbeat frames are absorbed on the way (the relay owns
     /// liveness on both sides). The frame stays unscanned so the caller can
     /// look at it, patch it in place, then pass it with `scanned += len`.
-    fn next_frame(&mut self, frame_max: usize) -> NextFrame {
+    fn next_frame(
+        &mut self,
+        frame_max: usize,
+    ) -> Result<Option<(FrameInfo, Range<usize>)>, FrameError> {
         loop {
             let at = self.scanned;
             match scan(&self.inbuf[at..], frame_max) {
-                Scan::Incomplete => return NextFrame::None,
-                Scan::Invalid(e) => return NextFrame::Invalid(e),
+                Scan::Incomplete => return Ok(None),
+                Scan::Invalid(e) => return Err(e),
                 Scan::Frame(info) if info.kind == FRAME_HEARTBEAT => {
                     self.release_scanned();
                     self.inbuf.advance(info.len);
                 }
                 Scan::Frame(info) => {
                     let payload = info.payload_range();
-                    return NextFrame::Frame(info, at + payload.start..at + payload.end);
+                    return Ok(Some((info, at + payload.start..at + payload.end)));
                 }
             }
         }
+    }
+
+    /// The whole write queue, for the closing handshakes.
+    fn take_out(&mut self) -> VecDeque<Bytes> {
+        self.out_len = 0;
+        std::mem::take(&mut self.out)
     }
 
     fn consume(&mut self, mut n: usize) {
@@ -334,12 +346,6 @@ impl Direction {
             self.inbuf = BytesMut::new();
         }
     }
-}
-
-enum NextFrame {
-    None,
-    Invalid(FrameError),
-    Frame(FrameInfo, std::ops::Range<usize>),
 }
 
 struct Pump {
@@ -543,17 +549,11 @@ impl Pump {
     /// Frames from the client: heartbeats absorbed, TuneOk's heartbeat
     /// replaced by the relay's, close methods noted; the rest untouched.
     fn scan_client_frames(&mut self) -> Result<(), Ending> {
-        loop {
-            let (info, range) = match self.c2u.next_frame(self.frame_max) {
-                NextFrame::None => break,
-                NextFrame::Invalid(e) => {
-                    return Err(Ending::ClientSentBadFrame {
-                        code: e.reply_code(),
-                        text: format!("relay: client sent a malformed frame: {e}"),
-                    });
-                }
-                NextFrame::Frame(info, range) => (info, range),
-            };
+        let malformed = |e: FrameError| Ending::ClientSentBadFrame {
+            code: e.reply_code(),
+            text: format!("relay: client sent a malformed frame: {e}"),
+        };
+        while let Some((info, range)) = self.c2u.next_frame(self.frame_max).map_err(malformed)? {
             if info.kind == FRAME_METHOD && info.channel == 0 {
                 match methods::connection_method(&self.c2u.inbuf[range.clone()]) {
                     Some(ConnectionMethod::TuneOk) => {
@@ -598,17 +598,11 @@ impl Pump {
     /// Frames from the broker: heartbeats absorbed (they only prove the
     /// broker alive), Tune's heartbeat offered to the client as 0.
     fn scan_broker_frames(&mut self) -> Result<(), Ending> {
-        loop {
-            let (info, range) = match self.u2c.next_frame(self.frame_max) {
-                NextFrame::None => break,
-                NextFrame::Invalid(e) => {
-                    return Err(Ending::BrokerSentBadFrame {
-                        code: e.reply_code(),
-                        text: format!("relay: broker sent a malformed frame: {e}"),
-                    });
-                }
-                NextFrame::Frame(info, range) => (info, range),
-            };
+        let malformed = |e: FrameError| Ending::BrokerSentBadFrame {
+            code: e.reply_code(),
+            text: format!("relay: broker sent a malformed frame: {e}"),
+        };
+        while let Some((info, range)) = self.u2c.next_frame(self.frame_max).map_err(malformed)? {
             if info.kind == FRAME_METHOD && info.channel == 0 {
                 match methods::connection_method(&self.u2c.inbuf[range.clone()]) {
                     Some(ConnectionMethod::Tune) => {
@@ -635,10 +629,8 @@ impl Pump {
     async fn finish(&mut self, ending: Ending, ctx: &ConnectionContext) -> String {
         let normal = Instant::now() + CLOSE_TIMEOUT;
         let tuned = self.upstream_hb.is_some();
-        let client_queue = std::mem::take(&mut self.u2c.out);
-        let broker_queue = std::mem::take(&mut self.c2u.out);
-        self.u2c.out_len = 0;
-        self.c2u.out_len = 0;
+        let client_queue = self.u2c.take_out();
+        let broker_queue = self.c2u.take_out();
         let broker_in = std::mem::take(&mut self.u2c.inbuf);
         match ending {
             Ending::ClientGone(error) => {
@@ -805,8 +797,15 @@ fn poll_write_queue<W: AsyncWrite + Unpin + ?Sized>(
 ) -> Poll<std::io::Result<usize>> {
     let mut written = 0;
     while !dir.out.is_empty() {
-        let slices: Vec<IoSlice<'_>> = dir.out.iter().take(64).map(|b| IoSlice::new(b)).collect();
-        match writer.as_mut().poll_write_vectored(cx, &slices) {
+        // On the stack: this runs for every write.
+        let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+        let mut count = 0;
+        for (slot, chunk) in slices.iter_mut().zip(&dir.out) {
+            *slot = IoSlice::new(chunk);
+            count += 1;
+        }
+        let slices = &slices[..count];
+        match writer.as_mut().poll_write_vectored(cx, slices) {
             Poll::Ready(Ok(0)) => {
                 return Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::WriteZero,

@@ -153,8 +153,7 @@ impl Acceptor {
 
     /// Close a refused client with a FIN rather than a reset (what it sent
     /// is read and dropped briefly), so it sees a plain end of stream.
-    fn refuse(&self, stream: tokio::net::TcpStream) {
-        let mut stream = stream;
+    fn refuse(&self, mut stream: tokio::net::TcpStream) {
         self.tracker.spawn(async move {
             let deadline = std::time::Instant::now() + connection::CLOSE_TIMEOUT;
             connection::finish_client(&mut stream, Default::default(), None, deadline).await;
