@@ -609,6 +609,33 @@ impl Client {
                     let raw: Vec<u8> = self.inbuf.drain(..len).collect();
                     let frame = match parse_frame(&raw[..]) {
                         Ok((_, f)) => f,
+                        // RabbitMQ's FRAME_ERROR text quotes the offending
+                        // bytes and need not be UTF-8, which the codec's
+                        // short strings insist on: read such a
+                        // Connection.Close by hand.
+                        Err(_)
+                            if raw.len() >= 19
+                                && raw[0] == 1
+                                && raw[1..3] == [0, 0]
+                                && raw[7..11] == [0, 10, 0, 50] =>
+                        {
+                            let text_len = usize::from(raw[13]).min(raw.len() - 19);
+                            AMQPFrame::Method(
+                                0,
+                                AMQPClass::Connection(connection::AMQPMethod::Close(
+                                    connection::Close {
+                                        reply_code: u16::from_be_bytes([raw[11], raw[12]]),
+                                        reply_text: String::from_utf8_lossy(
+                                            &raw[14..14 + text_len],
+                                        )
+                                        .as_ref()
+                                        .into(),
+                                        class_id: 0,
+                                        method_id: 0,
+                                    },
+                                )),
+                            )
+                        }
                         Err(e) => {
                             return Err(format!(
                                 "cannot decode frame {:02X?}…: {e:?}",
