@@ -21,6 +21,8 @@ mod bad_input;
 mod broker_failures;
 #[path = "relay/closing.rs"]
 mod closing;
+#[path = "relay/confirmed_delivery.rs"]
+mod confirmed_delivery;
 #[path = "relay/liveness.rs"]
 mod liveness;
 #[path = "relay/tls.rs"]
@@ -95,6 +97,7 @@ macro_rules! trial_list {
 /// this order).
 fn parallel_trials() -> Vec<(&'static str, TestFn)> {
     trial_list![
+        confirmed_delivery::confirmed_messages_survive_broker_faults,
         liveness::silent_client_keeps_broker_connection,
         broker_failures::frozen_then_killed_broker,
         liveness::sleeping_consumer_is_not_a_dead_broker,

@@ -254,6 +254,23 @@ impl Client {
         }
     }
 
+    /// Declare a durable queue (it and its persistent messages outlive a
+    /// broker restart); returns how many messages it holds.
+    pub fn declare_durable_queue(&mut self, ch: u16, name: &str) -> Result<u32, String> {
+        self.send(
+            ch,
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: name.into(),
+                durable: true,
+                ..Default::default()
+            })),
+        )?;
+        match self.expect_method(ch, REPLY_TIMEOUT)? {
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => Ok(ok.message_count),
+            other => Err(format!("expected Queue.DeclareOk, got {other:?}")),
+        }
+    }
+
     pub fn delete_queue(&mut self, ch: u16, name: &str) -> Result<(), String> {
         self.send(
             ch,
@@ -284,6 +301,17 @@ impl Client {
     /// The frames of one Basic.Publish to the default exchange: method,
     /// content header, body split to the negotiated frame_max.
     pub fn publish_frames(&self, ch: u16, routing_key: &str, body: &[u8]) -> Vec<u8> {
+        self.publish_frames_with(ch, routing_key, body, basic::AMQPProperties::default())
+    }
+
+    /// As [`Client::publish_frames`], with the content properties given.
+    pub fn publish_frames_with(
+        &self,
+        ch: u16,
+        routing_key: &str,
+        body: &[u8],
+        properties: basic::AMQPProperties,
+    ) -> Vec<u8> {
         let mut out = method(
             ch,
             AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
@@ -297,7 +325,7 @@ impl Client {
             AMQPContentHeader {
                 class_id: 60,
                 body_size: body.len() as u64,
-                properties: basic::AMQPProperties::default(),
+                properties,
             },
         )));
         let max_payload = (self.tuning.frame_max as usize).saturating_sub(8).max(1);
@@ -309,6 +337,21 @@ impl Client {
 
     pub fn publish(&mut self, ch: u16, routing_key: &str, body: &[u8]) -> Result<(), String> {
         let frames = self.publish_frames(ch, routing_key, body);
+        self.send_raw(&frames)?;
+        self.next_publish_tag += 1;
+        Ok(())
+    }
+
+    /// Publish a persistent message (delivery mode 2: a durable queue
+    /// keeps it on disk, and the broker confirms it only once it is there).
+    pub fn publish_persistent(
+        &mut self,
+        ch: u16,
+        routing_key: &str,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let persistent = basic::AMQPProperties::default().with_delivery_mode(2);
+        let frames = self.publish_frames_with(ch, routing_key, body, persistent);
         self.send_raw(&frames)?;
         self.next_publish_tag += 1;
         Ok(())

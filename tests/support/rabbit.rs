@@ -146,6 +146,26 @@ impl Node {
         Ok(())
     }
 
+    /// Stop the node (an orderly shutdown, when it runs) and start it
+    /// again with the same name, ports and data dir.
+    pub fn restart(&self) -> Result<f64, String> {
+        let dir = self.workdir.to_string_lossy().into_owned();
+        let started = Instant::now();
+        let out = run_harness(&["restart", &dir], Duration::from_secs(150))?;
+        let line = out.lines().last().unwrap_or("");
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| format!("rabbit.py restart printed no JSON ({e}): {out}"))?;
+        if v["amqp_port"].as_u64() != Some(u64::from(self.amqp_port)) {
+            return Err(format!(
+                "the node came back on another port: {line} (was {})",
+                self.amqp_port
+            ));
+        }
+        *self.beam_pid.lock().unwrap_or_else(|p| p.into_inner()) =
+            v["beam_pid"].as_i64().map(|p| p as i32);
+        Ok(started.elapsed().as_secs_f64())
+    }
+
     /// Stop the node and everything it started (also after `kill`).
     pub fn stop(&self) -> Result<(), String> {
         let dir = self.workdir.to_string_lossy().into_owned();
