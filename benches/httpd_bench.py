@@ -15,10 +15,13 @@ soak  P4: N prefork children, each app holding 2 relayed connections, relay
     heartbeat 5 s, for M minutes: missed-heartbeat closes and relay CPU.
 
 Each figure is printed as `bench: NAME relay=X direct=Y ratio=Z unit=U
-goal=G met=yes|NO`. Wakeups are scheduler run slices of the thread
-(/proc/PID/task/TID/schedstat, third field): every time it was put on a
-CPU, which is what an idle thread costs the machine. Everything started
-here (broker, httpd) is stopped at the end, also on failure.
+goal=G met=yes|NO`. Wakeups are the thread's voluntary context switches
+(/proc/PID/task/TID/status): each is one sleep in epoll_wait ended by an
+event or a timer, i.e. one time the thread woke up. Preemptions
+(nonvoluntary switches: another process took the CPU mid-run, which
+depends on the machine's load, not on the relay) are recorded beside
+them. Everything started here (broker, httpd) is stopped at the end, also
+on failure.
 """
 
 import argparse
@@ -64,13 +67,14 @@ def schedstat(pid, tid):
 
 
 def ctxt(pid, tid):
+    """(voluntary, nonvoluntary) context switches of one thread."""
     out = {}
     with open("/proc/%d/task/%d/status" % (pid, tid)) as f:
         for line in f:
             if "ctxt_switches" in line:
                 k, v = line.split(":")
                 out[k.strip()] = int(v)
-    return out.get("voluntary_ctxt_switches", 0) + out.get("nonvoluntary_ctxt_switches", 0)
+    return out.get("voluntary_ctxt_switches", 0), out.get("nonvoluntary_ctxt_switches", 0)
 
 
 def rollup(pid):
@@ -104,26 +108,27 @@ def relay_tid(pid):
 
 
 def watch_threads(pid, threads, seconds):
-    """CPU ms, run slices and context switches of `threads` of pid over
-    `seconds` (summed). A thread that ends in the window is left out and
-    listed under "vanished"."""
+    """CPU ms, wakeups (voluntary switches), preemptions and run slices of
+    `threads` of pid over `seconds` (summed). A thread that ends in the
+    window is left out and listed under "vanished"."""
     before = {t: (schedstat(pid, t), ctxt(pid, t)) for t in threads}
     t0 = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - t0
-    cpu_ns = slices = switches = 0
+    cpu_ns = slices = woke = preempted = 0
     vanished = []
-    for t, ((ns0, sl0), cs0) in before.items():
+    for t, ((ns0, sl0), (v0, n0)) in before.items():
         try:
-            (ns1, sl1), cs1 = schedstat(pid, t), ctxt(pid, t)
+            (ns1, sl1), (v1, n1) = schedstat(pid, t), ctxt(pid, t)
         except OSError:
             vanished.append(t)
             continue
         cpu_ns += ns1 - ns0
         slices += sl1 - sl0
-        switches += cs1 - cs0
-    return {"seconds": elapsed, "cpu_ms": cpu_ns / 1e6, "wakeups": slices, "ctxt_switches": switches,
-            "vanished": vanished}
+        woke += v1 - v0
+        preempted += n1 - n0
+    return {"seconds": elapsed, "cpu_ms": cpu_ns / 1e6, "wakeups": woke, "preempted": preempted,
+            "run_slices": slices, "vanished": vanished}
 
 
 # ------------------------------------------------------------------ output
@@ -308,16 +313,15 @@ def soak(args):
         conns0 = node.list_connections(timeout=120)
         note("soak: %d broker connections; idle for %d min" % (len(conns0), args.minutes))
         relays = {p: relay_tid(p) for p in h.children()}
-        start = {p: schedstat(p, t) for p, t in relays.items()}
+        start = {p: (schedstat(p, t)[0], ctxt(p, t)[0]) for p, t in relays.items()}
         t0 = time.monotonic()
         log_mark = len(node.log_text())
         time.sleep(args.minutes * 60)
         elapsed = time.monotonic() - t0
         cpu_ns = wakeups = 0
         for p, t in relays.items():
-            ns, sl = schedstat(p, t)
-            cpu_ns += ns - start[p][0]
-            wakeups += sl - start[p][1]
+            cpu_ns += schedstat(p, t)[0] - start[p][0]
+            wakeups += ctxt(p, t)[0] - start[p][1]
         conns1 = node.list_connections(timeout=120)
         log = node.log_text()[log_mark:]
         missed = log.count("missed heartbeats")

@@ -9,14 +9,17 @@
 //!   Apache-style merge. Safe, unit-tested, no httpd symbols.
 //! - [`relay`]: the relay proper. [`relay::frame`] finds frame boundaries,
 //!   [`relay::methods`] decodes and builds the few connection-class methods
-//!   the relay owns, [`relay::heartbeat`] is the timer type,
+//!   the relay owns, [`relay::heartbeat`] holds the heartbeat rules and
+//!   [`relay::deadline`] the timer that wakes the loop for them,
 //!   [`relay::connection`] moves bytes between one client and its broker,
 //!   [`relay::upstream`] dials brokers (failover, TLS), [`relay::peer`]
 //!   checks that a client socket belongs to this process, and
 //!   [`relay::server`] accepts connections and runs the event loop.
 //! - [`relay_thread`]: the one native thread per child: signals blocked,
 //!   panics caught and the relay restarted, bounded stop.
-//! - `apache` (the only `unsafe` code): bindgen bindings, the directive
+//! - `os`: a timerfd registered with tokio's reactor (one `unsafe` call,
+//!   the registration; see relay::deadline for why not tokio's timers).
+//! - `apache` (with `os`, the only `unsafe` code): bindgen bindings, the directive
 //!   handlers, the hooks (check_config, child_init, fixups) and the bridge
 //!   from relay events to `ap_log_error`. The C shim in `apache/` holds the
 //!   module record, the command table and the varargs log call.
@@ -26,12 +29,17 @@
 //! ```
 
 // The safe core stays safe and panic-free by construction: `unsafe` is
-// allowed only in the Apache/FFI layer, unwrap/expect only in tests.
+// allowed only in the Apache/FFI layer (`apache`, and `os` for the one
+// kernel interface tokio only offers unsafely), unwrap/expect only in tests.
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod broker_url;
 pub mod config;
+// The kernel interface below std, nix and tokio (a timerfd for the
+// heartbeat timers); see src/os/mod.rs.
+#[allow(unsafe_code)]
+mod os;
 pub mod relay;
 pub mod relay_thread;
 

@@ -17,9 +17,10 @@
 //! for as long, since the relay itself is then the reason nothing arrives.
 
 use crate::config::RelaySettings;
+use crate::relay::deadline::Deadline;
 use crate::relay::frame::{
     CONNECTION_FORCED, FRAME_HEARTBEAT, FRAME_METHOD, FrameError, FrameInfo, HEARTBEAT_FRAME,
-    PROTOCOL_HEADER, REPLY_SUCCESS, SYNTAX_ERROR, Scan, scan,
+    INTERNAL_ERROR, PROTOCOL_HEADER, REPLY_SUCCESS, SYNTAX_ERROR, Scan, scan,
 };
 use crate::relay::heartbeat::HeartbeatTimers;
 use crate::relay::methods::{self, ConnectionMethod};
@@ -101,9 +102,18 @@ enum Ending {
     ClientGone(Option<std::io::Error>),
     BrokerGone(Option<std::io::Error>),
     BrokerSilent(Duration),
-    ClientSentBadFrame { code: u16, text: String },
-    BrokerSentBadFrame { code: u16, text: String },
+    ClientSentBadFrame {
+        code: u16,
+        text: String,
+    },
+    BrokerSentBadFrame {
+        code: u16,
+        text: String,
+    },
     Shutdown(Duration),
+    /// The heartbeat timer's timerfd failed (it cannot, short of a kernel
+    /// bug); without it the relay could not keep its promise.
+    TimerFailed(std::io::Error),
 }
 
 /// Serve one accepted client until the connection ends.
@@ -151,6 +161,18 @@ pub async fn serve(
         }
     }
 
+    // Before the dial, so that a failure leaves nothing upstream to close.
+    let timer = match Deadline::new() {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.log(
+                Level::Error,
+                &format!("client {peer}: cannot create a heartbeat timer (timerfd): {e}; closed the client"),
+            );
+            return;
+        }
+    };
+
     let dialed = tokio::select! {
         r = upstream::dial(&ctx.settings, ctx.tls.as_ref()) => r,
         _ = wait_shutdown(&mut shutdown) => return,
@@ -182,7 +204,7 @@ pub async fn serve(
     );
 
     let started = Instant::now();
-    let mut pump = Pump::new(client, dialed.stream, ctx.settings.heartbeat);
+    let mut pump = Pump::new(client, dialed.stream, ctx.settings.heartbeat, timer);
     // The dial sent the protocol header and read the broker's first frame.
     pump.u2c.inbuf = dialed.first_bytes;
     // Anything the client pipelined after its header is frames.
@@ -358,7 +380,7 @@ struct Pump {
     upstream_hb: Option<HeartbeatTimers>,
     /// Heartbeats the client asked for in its TuneOk, sent by the relay.
     client_hb: Option<HeartbeatTimers>,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    timer: Deadline,
     frame_max: usize,
     client_eof: bool,
     broker_eof: bool,
@@ -371,7 +393,12 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(client: TcpStream, broker: Box<dyn BrokerIo>, relay_heartbeat: Duration) -> Pump {
+    fn new(
+        client: TcpStream,
+        broker: Box<dyn BrokerIo>,
+        relay_heartbeat: Duration,
+        timer: Deadline,
+    ) -> Pump {
         Pump {
             client,
             broker,
@@ -380,7 +407,7 @@ impl Pump {
             relay_heartbeat,
             upstream_hb: None,
             client_hb: None,
-            timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            timer,
             frame_max: HANDSHAKE_FRAME_MAX,
             client_eof: false,
             broker_eof: false,
@@ -527,23 +554,14 @@ impl Pump {
             .as_ref()
             .and_then(|hb| hb.next_deadline(self.u2c.out.is_empty()));
         let deadline = upstream_deadline.into_iter().chain(client_deadline).min();
-        if let Some(deadline) = deadline {
-            let deadline = tokio::time::Instant::from_std(deadline);
-            if deadline > self.timer.deadline() {
-                // tokio extends a timer lazily: the old wheel slot still
-                // fires (a wakeup for nothing) and is moved then. Every
-                // broker heartbeat pushes this deadline later, so a fresh
-                // timer (the old one leaves the wheel when dropped) saves
-                // one wakeup per broker heartbeat.
-                self.timer = Box::pin(tokio::time::sleep_until(deadline));
-            } else if deadline < self.timer.deadline() {
-                self.timer.as_mut().reset(deadline);
-            }
-            if self.timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
-            }
+        if let Err(e) = self.timer.set(deadline) {
+            return Poll::Ready(Some(Ending::TimerFailed(e)));
         }
-        Poll::Pending
+        match self.timer.poll_expired(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Ending::TimerFailed(e))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// Frames from the client: heartbeats absorbed, TuneOk's heartbeat
@@ -761,6 +779,29 @@ impl Pump {
                     ),
                 );
                 "httpd child exiting: closed upstream with Connection.Close".to_string()
+            }
+            Ending::TimerFailed(e) => {
+                let why = format!("heartbeat timer failed: {e}");
+                ctx.log(
+                    Level::Error,
+                    &format!("{why}; sent Connection.Close {INTERNAL_ERROR} to the client"),
+                );
+                let to_client = methods::close_frame(INTERNAL_ERROR, &format!("relay: {why}"));
+                let to_broker =
+                    tuned.then(|| methods::close_frame(REPLY_SUCCESS, "relay: internal error"));
+                let wait = to_broker.is_some();
+                tokio::join!(
+                    finish_client(&mut self.client, client_queue, Some(to_client), normal),
+                    finish_broker(
+                        &mut self.broker,
+                        broker_queue,
+                        to_broker,
+                        broker_in,
+                        wait,
+                        normal
+                    ),
+                );
+                why
             }
         }
     }

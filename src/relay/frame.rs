@@ -27,6 +27,7 @@ pub const CONNECTION_FORCED: u16 = 320;
 pub const FRAME_ERROR: u16 = 501;
 pub const SYNTAX_ERROR: u16 = 502;
 pub const UNEXPECTED_FRAME: u16 = 505;
+pub const INTERNAL_ERROR: u16 = 541;
 
 /// What is wrong with a frame, and the reply code a broker would send.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 //! relay owns.
 
 pub mod connection;
+pub mod deadline;
 pub mod frame;
 pub mod heartbeat;
 pub mod methods;

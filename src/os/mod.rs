@@ -1,0 +1,5 @@
+//! What the relay needs from the kernel beyond what std, nix and tokio
+//! offer safely. With `src/apache`, the only place that may use `unsafe`;
+//! each block says why it is sound.
+
+pub mod timerfd;
