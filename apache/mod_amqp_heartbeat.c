@@ -23,6 +23,7 @@ const char *amqphb_directive(cmd_parms *cmd, unsigned directive_index,
                              int argc, const char *const argv[]);
 int amqphb_check_config(server_rec *s);
 void amqphb_child_init(apr_pool_t *pchild, server_rec *s);
+void amqphb_child_init_last(apr_pool_t *pchild, server_rec *s);
 int amqphb_fixups(request_rec *r);
 
 /* Called from Rust. */
@@ -125,6 +126,10 @@ static void amqphb_register_hooks(apr_pool_t *p)
      * the relay URL must be in the environment before any interpreter
      * starts, and setenv() is only safe while this child has one thread. */
     ap_hook_child_init(amqphb_child_init, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    /* After every other child_init: the cleanup that stops the relay is
+     * registered last, so it runs first when the child exits, before any
+     * module (mod_wsgi) tears down its interpreters. */
+    ap_hook_child_init(amqphb_child_init_last, NULL, NULL, APR_HOOK_REALLY_LAST);
     ap_hook_fixups(amqphb_fixups, NULL, NULL, APR_HOOK_MIDDLE);
 }
 

@@ -1,7 +1,8 @@
 #!/bin/bash
 # `make bench` (after deps and build): every benchmark of issue 5 except
 # the soak (`make soak`), relay versus direct, then one table of all
-# figures. Takes about 15 minutes on 2 cores.
+# figures, with P4 from the last `make soak` when there is one. Takes
+# about 12 minutes on 2 cores.
 #
 #   P1/P2  cargo bench --bench relay: throughput and latency, in-process
 #          relay versus direct, against one private RabbitMQ node
@@ -11,7 +12,7 @@
 # BENCH_QUICK=1 runs short versions (a smoke test of the benchmarks, not
 # figures to record). BENCH_ONLY="p1 p3 p5" picks parts. Work dirs go under
 # tmp/bench-run-PID; on exit anything still running from there is killed.
-set -e
+set -eo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 PYTHON=/usr/bin/python3
@@ -60,6 +61,15 @@ fi
 if has p5; then
     echo "=== P5: oslo heartbeat_in_pthread versus the relay (benches/httpd_bench.py p5)"
     $PYTHON benches/httpd_bench.py p5 --workdir "$WORK/p5" "${window_p5[@]}" | tee -a "$OUT"
+fi
+
+# P4 is `make soak` (15 minutes, not part of this run): its last figures.
+SOAK="$REPO/tmp/last-soak.txt"
+if [ -f "$SOAK" ]; then
+    echo "=== P4 from the last \`make soak\`: $(head -1 "$SOAK" | sed 's/^# //')"
+    grep '^bench: P4' "$SOAK" | tee -a "$OUT"
+else
+    echo "=== P4: no soak figures yet (tmp/last-soak.txt); run \`make soak\` (about 15 minutes)"
 fi
 
 echo

@@ -4,7 +4,7 @@
 # missed-heartbeat closes (from the broker's log), connections lost and the
 # relay threads' total CPU. About 15 minutes; SOAK_CHILDREN / SOAK_MINUTES
 # change the size. Everything it starts is stopped at the end.
-set -e
+set -eo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 PYTHON=/usr/bin/python3
@@ -27,5 +27,12 @@ trap 'exit 130' INT TERM
 # Each child holds the Python app, kombu and 2 sockets; the broker 512
 # connections. Raise the fd limit for the parent and the broker.
 ulimit -n 65536 2>/dev/null || true
+# The figures are kept in tmp/last-soak.txt: `make bench` shows them in its
+# table (the soak is too long to run with every bench).
 $PYTHON benches/httpd_bench.py soak --workdir "$WORK" \
-    --children "${SOAK_CHILDREN:-256}" --minutes "${SOAK_MINUTES:-10}" --interval 5
+    --children "${SOAK_CHILDREN:-256}" --minutes "${SOAK_MINUTES:-10}" --interval 5 |
+    tee "$WORK/figures.txt"
+{
+    echo "# make soak, $(date -u '+%Y-%m-%d %H:%M UTC'), ${SOAK_CHILDREN:-256} children, ${SOAK_MINUTES:-10} min"
+    grep '^bench: ' "$WORK/figures.txt"
+} >"$REPO/tmp/last-soak.txt"

@@ -1,6 +1,7 @@
 //! The relay's life in one httpd child: `child_init` binds the listeners,
-//! publishes the URLs and starts the thread; a cleanup on the child pool
-//! stops it; `fixups` copies the URLs into each request's environment.
+//! publishes the URLs and starts the thread; a cleanup on the child pool,
+//! registered by a second, last `child_init`, stops it; `fixups` copies the
+//! URLs into each request's environment.
 
 use super::bindings::{
     APLOG_DEBUG, APLOG_ERR, APLOG_INFO, APLOG_NOTICE, APLOG_WARNING, DECLINED, apr_pool_t,
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::ffi::{CString, c_int};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How long the relay may take to close its upstreams when the child exits
@@ -26,6 +27,10 @@ const STOP_GRACE: Duration = Duration::from_millis(900);
 /// Written once in child_init, then only read, from any request thread.
 static PUBLISHED: OnceLock<HashMap<usize, Vec<(CString, CString)>>> = OnceLock::new();
 
+/// The started relay, from the first child_init to the last one, which
+/// hands it to the child pool.
+static STARTED: Mutex<Option<ChildRelay>> = Mutex::new(None);
+
 /// `child_init`, registered APR_HOOK_REALLY_FIRST: runs in the new child,
 /// after it dropped privileges and before it serves (or starts worker
 /// threads, or lets another module start an interpreter).
@@ -34,13 +39,49 @@ static PUBLISHED: OnceLock<HashMap<usize, Vec<(CString, CString)>>> = OnceLock::
 /// `pchild` is NULL or the child's live pool; `s` is NULL or the main
 /// server_rec.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn amqphb_child_init(pchild: *mut apr_pool_t, s: *mut server_rec) {
+pub unsafe extern "C" fn amqphb_child_init(_pchild: *mut apr_pool_t, s: *mut server_rec) {
     // SAFETY: NULL or the main server (contract above).
     let main = unsafe { Server::from_raw(s) };
     // A panic leaves the child without a relay but serving.
     boundary("child_init", main, (), || {
-        // SAFETY: the child's pool (contract above).
-        unsafe { start(pchild, main) }
+        // SAFETY: httpd runs this hook first among the child_init hooks,
+        // before the child starts any other thread.
+        unsafe { start(main) }
+    });
+}
+
+/// `child_init`, registered APR_HOOK_REALLY_LAST: attach the relay started
+/// by [`amqphb_child_init`] to the child pool, so that it stops when the
+/// child exits.
+///
+/// Why a second hook: a pool runs its cleanups last registered first, and
+/// other modules register theirs in their own child_init. mod_wsgi's tears
+/// down the Python interpreters, which aborts the child (SIGABRT in
+/// Py_Finalize) when httpd stops it in the middle of a request. Registered
+/// after every other child_init, the relay's cleanup runs before all of
+/// theirs: the upstreams are closed with Connection.Close before anything
+/// else of the child is taken apart.
+///
+/// # Safety
+/// `pchild` is NULL or the child's live pool; `s` is NULL or the main
+/// server_rec.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn amqphb_child_init_last(pchild: *mut apr_pool_t, s: *mut server_rec) {
+    // SAFETY: NULL or the main server (contract above).
+    let main = unsafe { Server::from_raw(s) };
+    boundary("child_init (last)", main, (), || {
+        let started = STARTED.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(relay) = started else {
+            return;
+        };
+        // SAFETY: the child's pool (contract above). The relay is stopped
+        // when the child pool is destroyed, i.e. when the child exits.
+        if unsafe { pool_owned(pchild, relay) }.is_null() {
+            main.log(
+                APLOG_ERR,
+                "no child pool to attach the relay to; relay stopped",
+            );
+        }
     });
 }
 
@@ -95,8 +136,9 @@ struct Group {
 /// Body of child_init.
 ///
 /// # Safety
-/// `pchild` is NULL or the child's live pool.
-unsafe fn start(pchild: *mut apr_pool_t, main: Server) {
+/// Only from the first child_init, while this process has a single thread
+/// (it calls setenv).
+unsafe fn start(main: Server) {
     let servers: Vec<RelayServer> = main
         .all()
         .into_iter()
@@ -182,12 +224,8 @@ unsafe fn start(pchild: *mut apr_pool_t, main: Server) {
                 main,
                 muted,
             };
-            // SAFETY: the child's pool (caller's contract). The relay is
-            // stopped when the child pool is destroyed, i.e. when the child
-            // exits.
-            if unsafe { pool_owned(pchild, relay) }.is_null() {
-                main.log(APLOG_ERR, "no child pool to attach the relay to; relay stopped");
-            }
+            // Attached to the child pool by amqphb_child_init_last.
+            *STARTED.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
         }
         Err(e) => main.log(
             APLOG_ERR,
