@@ -28,11 +28,14 @@ trap 'exit 130' INT TERM
 # connections. Raise the fd limit for the parent and the broker.
 ulimit -n 65536 2>/dev/null || true
 # The figures are kept in tmp/last-soak.txt: `make bench` shows them in its
-# table (the soak is too long to run with every bench).
+# table (the soak is too long to run with every bench). The tee writes
+# outside $WORK: the bench kills every process that names $WORK when done.
+FIGURES="$REPO/tmp/soak-figures-$$.txt"
 $PYTHON benches/httpd_bench.py soak --workdir "$WORK" \
     --children "${SOAK_CHILDREN:-256}" --minutes "${SOAK_MINUTES:-10}" --interval 5 |
-    tee "$WORK/figures.txt"
+    tee "$FIGURES"
 {
     echo "# make soak, $(date -u '+%Y-%m-%d %H:%M UTC'), ${SOAK_CHILDREN:-256} children, ${SOAK_MINUTES:-10} min"
-    grep '^bench: ' "$WORK/figures.txt"
+    grep '^bench: ' "$FIGURES"
 } >"$REPO/tmp/last-soak.txt"
+rm -f "$FIGURES"
