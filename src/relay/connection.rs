@@ -761,23 +761,20 @@ impl Pump {
                 text
             }
             Ending::Shutdown(grace) => {
-                let deadline = Instant::now() + grace;
                 let to_client =
                     methods::close_frame(CONNECTION_FORCED, "relay: httpd child is exiting");
-                let to_broker =
-                    tuned.then(|| methods::close_frame(REPLY_SUCCESS, "httpd child exiting"));
-                let wait = to_broker.is_some();
-                tokio::join!(
-                    finish_client(&mut self.client, client_queue, Some(to_client), deadline),
-                    finish_broker(
-                        &mut self.broker,
-                        broker_queue,
-                        to_broker,
-                        broker_in,
-                        wait,
-                        deadline
-                    ),
-                );
+                let ends = Ends {
+                    client_queue,
+                    broker_queue,
+                    broker_in,
+                };
+                self.close_both(
+                    ends,
+                    to_client,
+                    "httpd child exiting",
+                    Instant::now() + grace,
+                )
+                .await;
                 "httpd child exiting: closed upstream with Connection.Close".to_string()
             }
             Ending::TimerFailed(e) => {
@@ -787,24 +784,57 @@ impl Pump {
                     &format!("{why}; sent Connection.Close {INTERNAL_ERROR} to the client"),
                 );
                 let to_client = methods::close_frame(INTERNAL_ERROR, &format!("relay: {why}"));
-                let to_broker =
-                    tuned.then(|| methods::close_frame(REPLY_SUCCESS, "relay: internal error"));
-                let wait = to_broker.is_some();
-                tokio::join!(
-                    finish_client(&mut self.client, client_queue, Some(to_client), normal),
-                    finish_broker(
-                        &mut self.broker,
-                        broker_queue,
-                        to_broker,
-                        broker_in,
-                        wait,
-                        normal
-                    ),
-                );
+                let ends = Ends {
+                    client_queue,
+                    broker_queue,
+                    broker_in,
+                };
+                self.close_both(ends, to_client, "relay: internal error", normal)
+                    .await;
                 why
             }
         }
     }
+
+    /// The relay ends the connection itself: `to_client` to the client and,
+    /// once tuned, Connection.Close with `broker_text` upstream (waiting for
+    /// its CloseOk), both after what was queued, all by `deadline`.
+    async fn close_both(
+        &mut self,
+        ends: Ends,
+        to_client: Bytes,
+        broker_text: &str,
+        deadline: Instant,
+    ) {
+        let to_broker = self
+            .upstream_hb
+            .is_some()
+            .then(|| methods::close_frame(REPLY_SUCCESS, broker_text));
+        let wait = to_broker.is_some();
+        tokio::join!(
+            finish_client(
+                &mut self.client,
+                ends.client_queue,
+                Some(to_client),
+                deadline
+            ),
+            finish_broker(
+                &mut self.broker,
+                ends.broker_queue,
+                to_broker,
+                ends.broker_in,
+                wait,
+                deadline
+            ),
+        );
+    }
+}
+
+/// What is left in both directions when a connection ends.
+struct Ends {
+    client_queue: VecDeque<Bytes>,
+    broker_queue: VecDeque<Bytes>,
+    broker_in: BytesMut,
 }
 
 /// Read into `dir`, never past `limit` bytes held in that direction (the
