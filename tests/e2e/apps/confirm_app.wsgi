@@ -11,11 +11,14 @@
 # without the module, from SetEnv E2E_DIRECT_URL (the broker itself: the
 # control).
 #
-#   /publish?n=N    publish N messages, each waited for (confirm_publish);
+#   /publish?n=N&pause=S
+#                   publish N messages, each waited for (confirm_publish),
+#                   S seconds apart (default 0);
 #                   JSON: pid, confirmed, error (after an error the
 #                   connection is dropped and the next request reconnects)
 import json
 import os
+import time
 import urllib.parse
 
 import amqp
@@ -63,7 +66,9 @@ def application(environ, start_response):
             if _state["conn"] is None:
                 _open(queue, environ)
             record = _record(environ)
+            pause = float(qs.get("pause", ["0"])[0])
             for _ in range(int(qs.get("n", ["10"])[0])):
+                time.sleep(pause)
                 _state["seq"] += 1
                 msg_id = "%d-%d" % (os.getpid(), _state["seq"])
                 # Returns once the broker acked it (confirm_publish).
