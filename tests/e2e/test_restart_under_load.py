@@ -138,6 +138,18 @@ def start_httpd(rabbit, workdir, queue):
     return h
 
 
+def loaded(h, rabbit, pids):
+    """Wait until pids confirmed 200 messages; (whether they did, their
+    upstreams)."""
+    return wait_recorded(h.data_dir, set(pids), 200), upstream_ports(rabbit, pids)
+
+
+def relay_stopped(h, pids):
+    """{pid: whether it logged a clean relay stop}."""
+    lines = h.log_lines(STOPPED_RX)
+    return {p: any("[pid %d:" % p in ln for ln in lines) for p in pids}
+
+
 def wait_gone(h, pids):
     """Seconds until pids and the httpd parent are gone (None: not within
     STOP_LIMIT) and those still running then."""
@@ -154,16 +166,14 @@ def phase_graceful(rabbit, module_dir, queue, s):
     try:
         s.old = sorted(h.children())
         load.start()
-        s.loaded_old = wait_recorded(h.data_dir, set(s.old), 200)
-        s.old_upstreams = upstream_ports(rabbit, s.old)
+        s.loaded_old, s.old_upstreams = loaded(h, rabbit, s.old)
 
         t0 = time.monotonic()
         h.graceful()
         s.graceful_left = procs.wait_gone(s.old, GRACEFUL_EXIT)
         s.graceful_seconds = time.monotonic() - t0
         s.new = sorted(h.wait_children(exclude=s.old))
-        s.loaded_new = wait_recorded(h.data_dir, set(s.new), 200)
-        s.new_upstreams = upstream_ports(rabbit, s.new)
+        s.loaded_new, s.new_upstreams = loaded(h, rabbit, s.new)
 
         r = h._run("-k", "graceful-stop")
         s.graceful_stop_rc = r.returncode
@@ -173,7 +183,7 @@ def phase_graceful(rabbit, module_dir, queue, s):
         s.stop1 = h.stop(strict=False)
     s.answers, s.failures = load.answers, load.failures
     s.errors1 = h.log_lines(ERROR_RX)
-    s.stopped1 = {p: bool(h.log_lines(STOPPED_RX, pid=p)) for p in s.old + s.new}
+    s.stopped1 = relay_stopped(h, s.old + s.new)
     s.tail1 = h.error_log_tail(40)
 
 
@@ -185,8 +195,7 @@ def phase_sigterm(rabbit, module_dir, queue, s):
     try:
         s.killed_gen = sorted(h.children())
         load.start()
-        s.loaded_killed = wait_recorded(h.data_dir, set(s.killed_gen), 200)
-        s.killed_upstreams = upstream_ports(rabbit, s.killed_gen)
+        s.loaded_killed, s.killed_upstreams = loaded(h, rabbit, s.killed_gen)
         s.sigterm_report = h.stop(strict=False)
     finally:
         load.finish()
@@ -194,14 +203,18 @@ def phase_sigterm(rabbit, module_dir, queue, s):
             h.stop(strict=False)
     s.answers += load.answers
     s.failures += load.failures
-    log = h.error_log()
-    s.stopped2 = {p: bool(h.log_lines(STOPPED_RX, pid=p)) for p in s.killed_gen}
+    s.stopped2 = relay_stopped(h, s.killed_gen)
     # Where each child's exit went after the relay: mod_wsgi's teardown.
+    log = h.error_log().splitlines()
+
+    def first(pid, matches):
+        return next((i for i, ln in enumerate(log) if "[pid %d:" % pid in ln and matches(ln)), None)
+
     s.relay_before_wsgi = {}
     for p in s.killed_gen:
-        relay = [i for i, ln in enumerate(log.splitlines()) if re.search(STOPPED_RX, ln) and "[pid %d:" % p in ln]
-        wsgi = [i for i, ln in enumerate(log.splitlines()) if "Destroying interpreters" in ln and "[pid %d:" % p in ln]
-        s.relay_before_wsgi[p] = bool(relay) and (not wsgi or relay[0] < wsgi[0])
+        relay = first(p, lambda ln: re.search(STOPPED_RX, ln))
+        wsgi = first(p, lambda ln: "Destroying interpreters" in ln)
+        s.relay_before_wsgi[p] = relay is not None and (wsgi is None or relay < wsgi)
     s.errors2 = [ln for ln in h.log_lines(ERROR_RX) if "still did not exit" not in ln and "SIGKILL" not in ln]
     s.tail2 = h.error_log_tail(40)
 

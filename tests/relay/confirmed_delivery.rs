@@ -298,13 +298,14 @@ fn expect_close(
     }
 }
 
-/// A publisher that runs undisturbed on the broker it is given.
-fn undisturbed(
+/// A publisher through the relay that was relayed to `broker` and has
+/// collected the confirms to go on with.
+fn publishing_on(
     relay: &Relay,
     phase: u64,
-    name: &'static str,
+    name: &str,
     broker: usize,
-) -> Result<Phase, String> {
+) -> Result<Publisher, String> {
     let p = Publisher::start(relay.addr, phase)?;
     let used = broker_used(relay, p.client_port)?;
     ensure!(
@@ -312,7 +313,17 @@ fn undisturbed(
         "{name}: the relay dialled broker {used}, expected broker {broker}"
     );
     p.wait_confirms(BEFORE_FAULT, name)?;
-    let outcome = p.finish(name)?;
+    Ok(p)
+}
+
+/// A publisher that runs undisturbed on the broker it is given.
+fn undisturbed(
+    relay: &Relay,
+    phase: u64,
+    name: &'static str,
+    broker: usize,
+) -> Result<Phase, String> {
+    let outcome = publishing_on(relay, phase, name, broker)?.finish(name)?;
     ensure!(
         matches!(outcome.end, End::Stopped),
         "{name}: the connection ended with {:?}",
@@ -334,13 +345,7 @@ fn faulted(
     name: &'static str,
     fault: impl FnOnce() -> Result<(), String>,
 ) -> Result<(Phase, Instant), String> {
-    let p = Publisher::start(relay.addr, phase)?;
-    let used = broker_used(relay, p.client_port)?;
-    ensure!(
-        used == 1,
-        "{name}: the relay dialled broker {used}, expected 1"
-    );
-    p.wait_confirms(BEFORE_FAULT, name)?;
+    let p = publishing_on(relay, phase, name, 1)?;
     let fault_at = Instant::now();
     fault()?;
     let outcome = p.join(name)?;
