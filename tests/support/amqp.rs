@@ -240,28 +240,22 @@ impl Client {
 
     /// Declare a named, non-exclusive queue (shared between connections).
     pub fn declare_queue(&mut self, ch: u16, name: &str) -> Result<u32, String> {
-        self.send(
-            ch,
-            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-                queue: name.into(),
-                auto_delete: false,
-                ..Default::default()
-            })),
-        )?;
-        match self.expect_method(ch, REPLY_TIMEOUT)? {
-            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => Ok(ok.message_count),
-            other => Err(format!("expected Queue.DeclareOk, got {other:?}")),
-        }
+        self.declare_named(ch, name, false)
     }
 
     /// Declare a durable queue (it and its persistent messages outlive a
     /// broker restart); returns how many messages it holds.
     pub fn declare_durable_queue(&mut self, ch: u16, name: &str) -> Result<u32, String> {
+        self.declare_named(ch, name, true)
+    }
+
+    fn declare_named(&mut self, ch: u16, name: &str, durable: bool) -> Result<u32, String> {
         self.send(
             ch,
             AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
                 queue: name.into(),
-                durable: true,
+                durable,
+                auto_delete: false,
                 ..Default::default()
             })),
         )?;
