@@ -182,7 +182,7 @@ def state_of(v, rows, node, idle_from):
 def idle_timeline(node, variants, idle_from):
     line()
     line("Idle for %d s; t = seconds since the last request. The broker's connections" % IDLE)
-    line("(rabbitmqctl list_connections) every %d s:" % TICK)
+    line("(what rabbitmqctl list_connections shows) every %d s:" % TICK)
     line()
     line("  %-7s  %-28s  %-28s" % ("", "direct to RabbitMQ", "through mod_amqp_heartbeat"))
     tick = 0

@@ -130,16 +130,7 @@ def connections(node):
     """The broker's connections: dicts with name, peer_port, timeout (the
     negotiated heartbeat), state, connected_at (ms) and connection_name
     (the client-provided name, or None)."""
-    out = node.ctl("-q", "list_connections", "name", "peer_port", "timeout", "state",
-                   "connected_at", "client_properties", "--formatter", "json").strip()
-    rows = json.loads(out) if out else []
-    for r in rows:
-        props = r.pop("client_properties", None) or []
-        r["connection_name"] = None
-        for item in props:
-            if isinstance(item, list) and len(item) == 3 and item[0] == "connection_name":
-                r["connection_name"] = item[2]
-    return rows
+    return node.list_connections()
 
 
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\+00:00 \[(\w+)\] (<[\d.]+>) (.*)$")

@@ -23,6 +23,11 @@ import stack
 from stack import RELAY_INTERVAL
 
 SERVERS = 3
+# After the SIGKILL: how long the other children's upstreams are watched,
+# and the bound for the victim's to go (the kernel closes its sockets; the
+# broker sees the FIN at once unless the machine is very busy).
+WATCH = 6
+KILL_BOUND = 20
 PATH = "/send?ops=notify&hold=1.5"
 URL_RX = re.compile(r"^rabbit://guest:guest@127\.0\.0\.1:(\d+)/$")
 
@@ -73,15 +78,20 @@ def run_scenario(rabbit, module_dir):
         s.rows = {r["peer_port"]: r for r in rows}
         s.owners = stack.socket_owners(s.pids)
 
-        # SIGKILL one child; watch the broker for a while.
+        # SIGKILL one child; watch the broker for at least WATCH s, and
+        # until the victim's connections are gone (at most KILL_BOUND s).
         s.victim = sorted(s.module)[0]
         s.survivors = [p for p in sorted(s.module) if p != s.victim]
+        victim_ports = set(s.module_up[s.victim] + s.direct_up[s.victim])
         os.kill(s.victim, signal.SIGKILL)
         s.killed_at = time.time()
         s.after_kill = []
-        while time.time() < s.killed_at + 6:
+        while True:
             ports = {r["peer_port"] for r in stack.connections(rabbit)}
             s.after_kill.append((time.time(), ports))
+            waited = time.time() - s.killed_at
+            if waited >= KILL_BOUND or (waited >= WATCH and not victim_ports & ports):
+                break
             time.sleep(0.5)
 
         # graceful: the old generation exits, the relays close upstream.

@@ -29,6 +29,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 if __package__ in (None, ""):
@@ -36,6 +37,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness import certs, ports, procs  # noqa: E402
+from harness.broker_probe import ConnectionProbe, ProbeError  # noqa: E402
 
 START_TIMEOUT = 60.0
 _counter = itertools.count(1)
@@ -59,6 +61,8 @@ class RabbitNode:
 
     def __init__(self, workdir, name=None, tls=None, heartbeat=None, _state=None):
         self.workdir = os.path.abspath(workdir)
+        self._probe = None
+        self._probe_lock = threading.Lock()
         if _state is not None:
             self.__dict__.update(_state)
             self._proc = None
@@ -273,6 +277,10 @@ class RabbitNode:
         graceful), then make sure nothing of it is left: beam, its helpers,
         its private epmd. Returns the seconds it took."""
         t0 = time.monotonic()
+        with self._probe_lock:
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
         if not self.beam_pid and self.wrapper_pid and procs.alive(self.wrapper_pid):
             self.beam_pid = self._find_beam()  # a start that failed early
         if self.beam_pid and procs.alive(self.beam_pid):
@@ -355,11 +363,17 @@ class RabbitNode:
 
     def list_connections(self, timeout=30.0):
         """The broker's client connections: dicts with name, peer_port,
-        timeout (the negotiated heartbeat), state, user."""
-        out = self.ctl("-q", "list_connections", "name", "peer_port", "timeout", "state", "user",
-                       "--formatter", "json", timeout=timeout)
-        out = out.strip()
-        return json.loads(out) if out else []
+        timeout (the negotiated heartbeat), state, user, connected_at (ms)
+        and connection_name (the client-provided name, or None). Asked of
+        a probe node that stays up (see broker_probe.py), not rabbitmqctl,
+        so polling is cheap."""
+        with self._probe_lock:
+            if self._probe is None:
+                self._probe = ConnectionProbe(self.nodename, self._env(), self.workdir)
+        try:
+            return self._probe.connections(timeout)
+        except ProbeError as e:
+            raise RabbitError(str(e)) from None
 
     def log_text(self):
         try:
