@@ -2,4 +2,5 @@
 //! offer safely. With `src/apache`, the only place that may use `unsafe`;
 //! each block says why it is sound.
 
+pub mod rcvlowat;
 pub mod timerfd;

@@ -24,6 +24,7 @@ use crate::relay::frame::{
 };
 use crate::relay::heartbeat::HeartbeatTimers;
 use crate::relay::methods::{self, ConnectionMethod};
+use crate::relay::quiet::QuietUpstream;
 use crate::relay::upstream::{self, BrokerIo};
 use crate::relay::{EventLog, Level};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -205,6 +206,9 @@ pub async fn serve(
 
     let started = Instant::now();
     let mut pump = Pump::new(client, dialed.stream, ctx.settings.heartbeat, timer);
+    pump.quiet = dialed
+        .plain_fd
+        .map(|fd| QuietUpstream::new(fd, ctx.settings.heartbeat, started));
     // The dial sent the protocol header and read the broker's first frame.
     pump.u2c.inbuf = dialed.first_bytes;
     // Anything the client pipelined after its header is frames.
@@ -381,6 +385,8 @@ struct Pump {
     /// Heartbeats the client asked for in its TuneOk, sent by the relay.
     client_hb: Option<HeartbeatTimers>,
     timer: Deadline,
+    /// Plain-TCP upstreams only (see quiet.rs).
+    quiet: Option<QuietUpstream>,
     frame_max: usize,
     client_eof: bool,
     broker_eof: bool,
@@ -408,6 +414,7 @@ impl Pump {
             upstream_hb: None,
             client_hb: None,
             timer,
+            quiet: None,
             frame_max: HANDSHAKE_FRAME_MAX,
             client_eof: false,
             broker_eof: false,
@@ -450,7 +457,12 @@ impl Pump {
                     self.client_eof = true;
                     progress = true;
                 }
-                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Ready(Ok(_)) => {
+                    if let Some(quiet) = &mut self.quiet {
+                        quiet.on_busy(Instant::now());
+                    }
+                    progress = true;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Ending::ClientGone(Some(e)))),
                 Poll::Pending => {}
             }
@@ -477,7 +489,11 @@ impl Pump {
                     progress = true;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Ending::BrokerGone(Some(e)))),
-                Poll::Pending => {}
+                Poll::Pending => match self.read_hidden_before_verdict() {
+                    Ok(true) => progress = true,
+                    Ok(false) => {}
+                    Err(e) => return Poll::Ready(Some(Ending::BrokerGone(Some(e)))),
+                },
             }
         }
         if let Err(ending) = self.scan_broker_frames() {
@@ -544,6 +560,7 @@ impl Pump {
         if progress {
             return Poll::Ready(None);
         }
+        self.settle_quiet(now);
         // Sleep until the next heartbeat deadline.
         let upstream_deadline = self
             .upstream_hb
@@ -561,6 +578,45 @@ impl Pump {
             Poll::Ready(Ok(())) => Poll::Ready(None),
             Poll::Ready(Err(e)) => Poll::Ready(Some(Ending::TimerFailed(e))),
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Before declaring the broker silent, read what a raised low-water
+    /// mark kept from waking the relay (quiet.rs). True when something
+    /// was read (or the broker closed).
+    fn read_hidden_before_verdict(&mut self) -> std::io::Result<bool> {
+        let (Some(quiet), Some(hb)) = (&self.quiet, &mut self.upstream_hb) else {
+            return Ok(false);
+        };
+        let now = Instant::now();
+        if !quiet.raised() || !hb.peer_dead(now) {
+            return Ok(false);
+        }
+        match quiet.read_hidden(&mut self.u2c.inbuf)? {
+            None => Ok(false),
+            Some(0) => {
+                self.broker_eof = true;
+                Ok(true)
+            }
+            Some(_) => {
+                hb.on_hidden_received(now);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Before sleeping: go quiet on an idle upstream, or stop being quiet
+    /// (see quiet.rs). A failed setsockopt only costs the optimisation.
+    fn settle_quiet(&mut self, now: Instant) {
+        let (Some(quiet), Some(hb)) = (&mut self.quiet, &mut self.upstream_hb) else {
+            return;
+        };
+        let nothing_pending = self.u2c.held() == 0 && self.c2u.held() == 0;
+        if quiet.settle(nothing_pending, now).is_ok() {
+            hb.set_quiet(quiet.raised());
+        } else {
+            hb.set_quiet(false);
+            self.quiet = None;
         }
     }
 
@@ -620,6 +676,7 @@ impl Pump {
             code: e.reply_code(),
             text: format!("relay: broker sent a malformed frame: {e}"),
         };
+        let mut passed_frames = false;
         while let Some((info, range)) = self.u2c.next_frame(self.frame_max).map_err(malformed)? {
             if info.kind == FRAME_METHOD && info.channel == 0 {
                 match methods::connection_method(&self.u2c.inbuf[range.clone()]) {
@@ -638,6 +695,10 @@ impl Pump {
                 }
             }
             self.u2c.scanned += info.len;
+            passed_frames = true;
+        }
+        if passed_frames && let Some(quiet) = &mut self.quiet {
+            quiet.on_busy(Instant::now());
         }
         self.u2c.release_scanned();
         Ok(())

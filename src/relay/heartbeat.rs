@@ -8,6 +8,12 @@
 //!   of two) while the gap stays well inside what the broker tolerates (it
 //!   closes after about 2 x interval of silence);
 //! - receive: the peer is dead after 2 x interval with nothing received.
+//! - quiet (see quiet.rs): while a lone broker heartbeat no longer wakes
+//!   the relay, it wakes once per interval (every second broker
+//!   heartbeat); the own timer then moves to 5/4 x interval so it does not
+//!   add a wakeup of its own, and the heartbeat still rides along once per
+//!   interval, which RabbitMQ (it closes after 2 to 3 intervals of
+//!   silence) takes with room to spare.
 //!
 //! The receive watch can be paused: while the relay deliberately stops
 //! reading the broker (the client is not reading its deliveries), silence
@@ -21,6 +27,7 @@ pub struct HeartbeatTimers {
     last_sent: Instant,
     last_received: Instant,
     receive_paused: bool,
+    quiet: bool,
 }
 
 impl HeartbeatTimers {
@@ -30,6 +37,7 @@ impl HeartbeatTimers {
             last_sent: now,
             last_received: now,
             receive_paused: false,
+            quiet: false,
         }
     }
 
@@ -45,6 +53,15 @@ impl HeartbeatTimers {
         self.last_received = now;
     }
 
+    /// Bytes that waited unseen under a raised low-water mark (quiet.rs)
+    /// arrived at some time since the last wakeup; the next broker
+    /// heartbeat would have woken the relay, so take them as at most one
+    /// interval old. The broker gets one more interval to speak.
+    pub fn on_hidden_received(&mut self, now: Instant) {
+        let at = now.checked_sub(self.interval).unwrap_or(now);
+        self.last_received = self.last_received.max(at);
+    }
+
     /// Pause or resume the receive watch. Resuming starts a fresh 2 x
     /// interval window: the relay was not listening before.
     pub fn set_receive_paused(&mut self, paused: bool, now: Instant) {
@@ -54,8 +71,19 @@ impl HeartbeatTimers {
         self.receive_paused = paused;
     }
 
+    /// See quiet.rs: the peer's heartbeats wake the relay once per
+    /// interval instead of twice.
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
+    }
+
     fn send_at(&self) -> Instant {
-        self.last_sent + self.interval * 5 / 8
+        let after = if self.quiet {
+            self.interval * 5 / 4
+        } else {
+            self.interval * 5 / 8
+        };
+        self.last_sent + after
     }
 
     /// True when a heartbeat is worth sending now because the relay is awake
@@ -111,6 +139,18 @@ mod tests {
         assert!(!hb.send_due(t0 + 4 * S));
         assert!(hb.send_due(t0 + 5 * S));
         assert_eq!(hb.next_deadline(true), Some(t0 + 5 * S));
+    }
+
+    #[test]
+    fn quiet_moves_the_own_timer_past_one_interval() {
+        let t0 = Instant::now();
+        let mut hb = HeartbeatTimers::new(8 * S, t0);
+        hb.set_quiet(true);
+        assert!(!hb.send_due(t0 + 9 * S));
+        assert!(hb.send_due(t0 + 10 * S));
+        assert!(hb.worth_sending(t0 + 8 * S));
+        hb.set_quiet(false);
+        assert!(hb.send_due(t0 + 5 * S));
     }
 
     #[test]

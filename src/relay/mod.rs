@@ -11,6 +11,7 @@ pub mod frame;
 pub mod heartbeat;
 pub mod methods;
 pub mod peer;
+pub mod quiet;
 pub mod server;
 pub mod upstream;
 

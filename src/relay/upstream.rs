@@ -19,6 +19,7 @@ use crate::relay::frame::{PROTOCOL_HEADER, Scan, scan};
 use bytes::BytesMut;
 use rustls::pki_types::ServerName;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -38,6 +39,16 @@ pub struct Dialed {
     /// What the broker sent so far: its first frame (Connection.Start),
     /// maybe more. The protocol header has already gone up.
     pub first_bytes: BytesMut,
+    /// The socket under `stream` when it is plain TCP (for quiet.rs);
+    /// None under TLS. Valid as long as `stream` lives.
+    pub plain_fd: Option<RawFd>,
+}
+
+/// A connected upstream, before the AMQP protocol header.
+struct Connected {
+    stream: Box<dyn BrokerIo>,
+    local: Option<SocketAddr>,
+    plain_fd: Option<RawFd>,
 }
 
 /// TLS client configuration for one listener: the configured CA bundle, or
@@ -76,12 +87,13 @@ pub async fn dial(settings: &RelaySettings, tls: Option<&TlsConnector>) -> Resul
     let mut failures = Vec::new();
     for (index, broker) in settings.brokers.iter().enumerate() {
         match tokio::time::timeout(settings.connect_timeout, dial_one(broker, tls)).await {
-            Ok(Ok((stream, local, first_bytes))) => {
+            Ok(Ok((connected, first_bytes))) => {
                 return Ok(Dialed {
-                    stream,
+                    stream: connected.stream,
                     broker: index,
-                    local,
+                    local: connected.local,
                     first_bytes,
+                    plain_fd: connected.plain_fd,
                 });
             }
             Ok(Err(e)) => failures.push(format!("{broker}: {e}")),
@@ -97,8 +109,9 @@ pub async fn dial(settings: &RelaySettings, tls: Option<&TlsConnector>) -> Resul
 async fn dial_one(
     broker: &BrokerUrl,
     tls: Option<&TlsConnector>,
-) -> Result<(Box<dyn BrokerIo>, Option<SocketAddr>, BytesMut), String> {
-    let (mut stream, local) = connect(broker, tls).await?;
+) -> Result<(Connected, BytesMut), String> {
+    let mut connected = connect(broker, tls).await?;
+    let stream = &mut connected.stream;
     stream
         .write_all(&PROTOCOL_HEADER)
         .await
@@ -110,7 +123,7 @@ async fn dial_one(
     let mut first = BytesMut::with_capacity(4096);
     loop {
         match scan(&first, HANDSHAKE_FRAME_MAX) {
-            Scan::Frame(_) => return Ok((stream, local, first)),
+            Scan::Frame(_) => return Ok((connected, first)),
             Scan::Invalid(_) if first.starts_with(b"AMQP") => {
                 return Err(format!(
                     "the broker does not speak AMQP 0-9-1 (it answered with protocol header {:?})",
@@ -130,10 +143,7 @@ async fn dial_one(
     }
 }
 
-async fn connect(
-    broker: &BrokerUrl,
-    tls: Option<&TlsConnector>,
-) -> Result<(Box<dyn BrokerIo>, Option<SocketAddr>), String> {
+async fn connect(broker: &BrokerUrl, tls: Option<&TlsConnector>) -> Result<Connected, String> {
     let addrs: Vec<SocketAddr> = match broker.host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, broker.port)],
         Err(_) => tokio::net::lookup_host((broker.host.as_str(), broker.port))
@@ -157,7 +167,12 @@ async fn connect(
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok();
     if !broker.tls {
-        return Ok((Box::new(tcp), local));
+        let plain_fd = Some(tcp.as_raw_fd());
+        return Ok(Connected {
+            stream: Box::new(tcp),
+            local,
+            plain_fd,
+        });
     }
     let connector = tls.ok_or("TLS is not set up for this listener")?;
     let name = ServerName::try_from(broker.host.clone())
@@ -166,5 +181,9 @@ async fn connect(
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
-    Ok((Box::new(stream), local))
+    Ok(Connected {
+        stream: Box::new(stream),
+        local,
+        plain_fd: None,
+    })
 }
