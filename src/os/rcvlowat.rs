@@ -50,12 +50,18 @@ mod tests {
         n == 1 && fds[0].revents & libc::POLLIN != 0
     }
 
-    #[test]
-    fn a_raised_mark_hides_fewer_bytes_and_lowering_it_shows_them() {
+    /// A connected pair: the writer, and the reader with a mark of 9.
+    fn pair_with_mark_9() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (reader, _) = listener.accept().unwrap();
         set(reader.as_raw_fd(), 9).unwrap();
+        (writer, reader)
+    }
+
+    #[test]
+    fn a_raised_mark_hides_fewer_bytes() {
+        let (mut writer, reader) = pair_with_mark_9();
         writer.write_all(&[0u8; 8]).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         assert!(
@@ -64,16 +70,16 @@ mod tests {
         );
         writer.write_all(&[0u8; 1]).unwrap();
         assert!(readable(&reader), "9 bytes reach the mark");
+    }
 
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (reader, _) = listener.accept().unwrap();
-        set(reader.as_raw_fd(), 9).unwrap();
+    #[test]
+    fn lowering_the_mark_shows_what_waited() {
+        let (mut writer, reader) = pair_with_mark_9();
         writer.write_all(&[0u8; 8]).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         assert!(!readable(&reader));
         set(reader.as_raw_fd(), 1).unwrap();
-        assert!(readable(&reader), "lowering the mark shows what waited");
+        assert!(readable(&reader));
     }
 
     #[test]
