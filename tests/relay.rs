@@ -25,6 +25,8 @@ mod closing;
 mod confirmed_delivery;
 #[path = "relay/liveness.rs"]
 mod liveness;
+#[path = "relay/quiet_upstream.rs"]
+mod quiet_upstream;
 #[path = "relay/tls.rs"]
 mod tls;
 #[path = "relay/traffic.rs"]
@@ -106,6 +108,7 @@ fn parallel_trials() -> Vec<(&'static str, TestFn)> {
         traffic::amiquip_through_relay,
         traffic::raw_client_through_relay,
         liveness::client_heartbeat_1_gets_relay_heartbeats,
+        quiet_upstream::hidden_heartbeat_counts_before_the_verdict,
         liveness::slow_dials_do_not_delay_other_connections,
         closing::client_close_is_clean,
         closing::broker_close_is_forwarded,

@@ -116,6 +116,12 @@ impl Client {
     pub fn connect(addr: SocketAddr) -> Result<Client, String> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(|e| io_err(&format!("connect to {addr}"), e))?;
+        Client::from_stream(stream)
+    }
+
+    /// Frames over a socket that is already connected: the other end of
+    /// a scripted broker, too.
+    pub fn from_stream(stream: TcpStream) -> Result<Client, String> {
         stream
             .set_nodelay(true)
             .map_err(|e| io_err("set_nodelay", e))?;
