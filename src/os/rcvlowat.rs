@@ -3,8 +3,9 @@
 //! tokio sets it.
 //!
 //! Lowering it makes the kernel check the queue at once and wake a reader
-//! that the new mark satisfies (tcp_set_rcvlowat calls tcp_data_ready), so
-//! bytes that waited under a higher mark are not stranded.
+//! that the new mark satisfies (tcp_set_rcvlowat calls tcp_data_ready,
+//! Linux 4.18 and later), so bytes that waited under a higher mark are not
+//! stranded.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -14,7 +15,9 @@ pub fn set(fd: RawFd, bytes: u32) -> io::Result<()> {
     // SAFETY: setsockopt reads exactly `size_of::<c_int>()` bytes from the
     // pointer, which points at `value`, a live c_int on this stack frame for
     // the whole call. The fd is only an integer to the kernel: a wrong one
-    // yields EBADF or ENOTSOCK, never memory unsafety.
+    // yields EBADF or ENOTSOCK (or, if reused, sets the option on another
+    // socket), never memory unsafety. The caller (relay/quiet.rs) passes
+    // the fd of the upstream stream it lives beside in the same pump.
     let rc = unsafe {
         libc::setsockopt(
             fd,

@@ -457,12 +457,7 @@ impl Pump {
                     self.client_eof = true;
                     progress = true;
                 }
-                Poll::Ready(Ok(_)) => {
-                    if let Some(quiet) = &mut self.quiet {
-                        quiet.on_busy(Instant::now());
-                    }
-                    progress = true;
-                }
+                Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Ending::ClientGone(Some(e)))),
                 Poll::Pending => {}
             }
@@ -489,11 +484,7 @@ impl Pump {
                     progress = true;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Ending::BrokerGone(Some(e)))),
-                Poll::Pending => match self.read_hidden_before_verdict() {
-                    Ok(true) => progress = true,
-                    Ok(false) => {}
-                    Err(e) => return Poll::Ready(Some(Ending::BrokerGone(Some(e)))),
-                },
+                Poll::Pending => {}
             }
         }
         if let Err(ending) = self.scan_broker_frames() {
@@ -510,7 +501,20 @@ impl Pump {
             // nothing about the broker: pause the silence watch meanwhile.
             hb.set_receive_paused(self.u2c.held() >= limit, now);
             if hb.peer_dead(now) {
-                return Poll::Ready(Some(Ending::BrokerSilent(hb.silence(now))));
+                // A raised low-water mark may have kept the broker's last
+                // heartbeat from waking the relay: read it before the
+                // verdict, judged with the same `now` (quiet.rs).
+                let hidden = match &self.quiet {
+                    Some(quiet) if quiet.raised() => quiet.read_hidden(&mut self.u2c.inbuf),
+                    _ => Ok(None),
+                };
+                match hidden {
+                    Ok(None) => return Poll::Ready(Some(Ending::BrokerSilent(hb.silence(now)))),
+                    Ok(Some(0)) => self.broker_eof = true,
+                    Ok(Some(_)) => hb.on_hidden_received(now),
+                    Err(e) => return Poll::Ready(Some(Ending::BrokerGone(Some(e)))),
+                }
+                progress = true;
             }
             if (hb.send_due(now) || awake_anyway && hb.worth_sending(now))
                 && self.c2u.out.is_empty()
@@ -560,7 +564,9 @@ impl Pump {
         if progress {
             return Poll::Ready(None);
         }
-        self.settle_quiet(now);
+        if let Err(ending) = self.settle_quiet(now) {
+            return Poll::Ready(Some(ending));
+        }
         // Sleep until the next heartbeat deadline.
         let upstream_deadline = self
             .upstream_hb
@@ -581,42 +587,34 @@ impl Pump {
         }
     }
 
-    /// Before declaring the broker silent, read what a raised low-water
-    /// mark kept from waking the relay (quiet.rs). True when something
-    /// was read (or the broker closed).
-    fn read_hidden_before_verdict(&mut self) -> std::io::Result<bool> {
-        let (Some(quiet), Some(hb)) = (&self.quiet, &mut self.upstream_hb) else {
-            return Ok(false);
-        };
-        let now = Instant::now();
-        if !quiet.raised() || !hb.peer_dead(now) {
-            return Ok(false);
-        }
-        match quiet.read_hidden(&mut self.u2c.inbuf)? {
-            None => Ok(false),
-            Some(0) => {
-                self.broker_eof = true;
-                Ok(true)
-            }
-            Some(_) => {
-                hb.on_hidden_received(now);
-                Ok(true)
-            }
-        }
-    }
-
     /// Before sleeping: go quiet on an idle upstream, or stop being quiet
-    /// (see quiet.rs). A failed setsockopt only costs the optimisation.
-    fn settle_quiet(&mut self, now: Instant) {
+    /// (see quiet.rs). A mark that cannot be raised only costs the
+    /// optimisation; one that cannot be lowered could strand the tail of a
+    /// frame, so the connection ends (the client reconnects at once).
+    fn settle_quiet(&mut self, now: Instant) -> Result<(), Ending> {
         let (Some(quiet), Some(hb)) = (&mut self.quiet, &mut self.upstream_hb) else {
-            return;
+            return Ok(());
         };
         let nothing_pending = self.u2c.held() == 0 && self.c2u.held() == 0;
-        if quiet.settle(nothing_pending, now).is_ok() {
-            hb.set_quiet(quiet.raised());
-        } else {
-            hb.set_quiet(false);
-            self.quiet = None;
+        match quiet.settle(nothing_pending, now) {
+            Ok(()) => hb.set_quiet(quiet.raised()),
+            Err(e) if quiet.raised() => return Err(Ending::BrokerGone(Some(e))),
+            Err(_) => {
+                hb.set_quiet(false);
+                self.quiet = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames other than heartbeats moved: not idle (quiet.rs). A client's
+    /// own heartbeats do not count, or a client that heartbeats often
+    /// would keep the upstream from ever going quiet.
+    fn note_busy(&mut self, passed_frames: bool) {
+        if passed_frames {
+            if let Some(quiet) = &mut self.quiet {
+                quiet.on_busy(Instant::now());
+            }
         }
     }
 
@@ -627,6 +625,7 @@ impl Pump {
             code: e.reply_code(),
             text: format!("relay: client sent a malformed frame: {e}"),
         };
+        let mut passed_frames = false;
         while let Some((info, range)) = self.c2u.next_frame(self.frame_max).map_err(malformed)? {
             if info.kind == FRAME_METHOD && info.channel == 0 {
                 match methods::connection_method(&self.c2u.inbuf[range.clone()]) {
@@ -664,7 +663,9 @@ impl Pump {
                 }
             }
             self.c2u.scanned += info.len;
+            passed_frames = true;
         }
+        self.note_busy(passed_frames);
         self.c2u.release_scanned();
         Ok(())
     }
@@ -697,9 +698,7 @@ impl Pump {
             self.u2c.scanned += info.len;
             passed_frames = true;
         }
-        if passed_frames && let Some(quiet) = &mut self.quiet {
-            quiet.on_busy(Instant::now());
-        }
+        self.note_busy(passed_frames);
         self.u2c.release_scanned();
         Ok(())
     }
