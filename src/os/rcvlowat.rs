@@ -34,11 +34,21 @@ pub fn set(fd: RawFd, bytes: u32) -> io::Result<()> {
     }
 }
 
+/// A connected loopback pair (writer, reader), for the tests here and in
+/// relay/quiet.rs.
+#[cfg(test)]
+pub fn loopback_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let writer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (reader, _) = listener.accept().unwrap();
+    (writer, reader)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::net::{TcpListener, TcpStream};
+    use std::net::TcpStream;
     use std::os::fd::AsRawFd;
     use std::time::Duration;
 
@@ -55,9 +65,7 @@ mod tests {
 
     /// A connected pair: the writer, and the reader with a mark of 9.
     fn pair_with_mark_9() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (reader, _) = listener.accept().unwrap();
+        let (writer, reader) = loopback_pair();
         set(reader.as_raw_fd(), 9).unwrap();
         (writer, reader)
     }

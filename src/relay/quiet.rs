@@ -90,18 +90,11 @@ impl QuietUpstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::os::rcvlowat::loopback_pair as pair;
     use std::io::Write;
-    use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
 
     const S: Duration = Duration::from_secs(1);
-
-    fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (reader, _) = listener.accept().unwrap();
-        (writer, reader)
-    }
 
     #[test]
     fn raises_only_when_idle_and_nothing_is_pending() {
