@@ -47,7 +47,7 @@ TMPDIR="$AMQPHB_TMP/cargo" cargo test --release
 suites=(tests/httpd)
 [ -d tests/e2e ] && suites+=(tests/e2e)
 # The Debian package (make deb, lintian, dpkg -i/-r/-P on this machine);
-# it reuses target/deb/*.deb when no source file is newer.
+# `make deb` there is incremental (7 s when nothing changed).
 suites+=(tests/deb)
 step "pytest ${suites[*]}"
 $PYTHON -m pytest -v -p no:cacheprovider "${suites[@]}"
