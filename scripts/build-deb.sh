@@ -20,7 +20,8 @@ cd "$(dirname "$0")/.."
 version=$(/usr/bin/python3 -c 'import tomllib; print(tomllib.load(open("Cargo.toml", "rb"))["package"]["version"])')
 deb_version=$(dpkg-parsechangelog -S Version)
 if [ "$version" != "$deb_version" ]; then
-    echo "build-deb: Cargo.toml says $version, debian/changelog says $deb_version: add a changelog entry (dch -v $version)" >&2
+    echo "build-deb: Cargo.toml says $version, debian/changelog says $deb_version:" \
+        "add a changelog entry (dch -v $version)" >&2
     exit 1
 fi
 package=$(dpkg-parsechangelog -S Source)

@@ -114,9 +114,6 @@ class Saved:
             else:
                 self.state[p] = ("absent",)
 
-    def present(self):
-        return [p for p, s in self.state.items() if s[0] != "absent"]
-
     def clear(self):
         for p in self.state:
             if os.path.lexists(p):
@@ -173,15 +170,21 @@ def system(deb):
     try:
         yield policy_log
     finally:
+        errors = []
         if package_status() != "not-installed":
-            dpkg("-P", PACKAGE, check=False)
+            r = dpkg("-P", PACKAGE, check=False)
+            if r.returncode != 0:
+                errors.append("dpkg -P %s failed at clean-up (%d): %s%s" % (PACKAGE, r.returncode, r.stdout,
+                                                                          r.stderr))
         saved_policy.restore()
         saved.restore()
         left = system_apache2()
         if left:
             procs.kill(left)
-            pytest.fail("a system apache2 was started during the test (killed): %s" % left, pytrace=False)
+            errors.append("a system apache2 was started during the test (killed): %s" % left)
         shutil.rmtree(TMP, ignore_errors=True)
+        if errors:
+            pytest.fail("\n".join(errors), pytrace=False)
 
 
 def test_package_version_is_cargo_toml_version_and_changelog_agrees(deb):
