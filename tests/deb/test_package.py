@@ -216,6 +216,16 @@ def test_depends_on_the_httpd_module_abi(deb):
     assert re.search(r"\bapache2-api-\d{8}\b", depends), depends
 
 
+def test_packaged_module_is_the_release_build_exporting_only_its_record(deb, workdir):
+    """build.rs's version script: httpd's LoadModule symbol and nothing
+    else; dh_strip took the line tables to the -dbgsym package."""
+    run("dpkg-deb", "-x", deb, workdir)
+    so = workdir + MODULE_SO
+    exported = run("nm", "-D", "--defined-only", so).stdout.split()[2::3]
+    assert exported == ["amqp_heartbeat_module"], exported
+    assert ".debug_line" not in run("readelf", "-S", "-W", so).stdout
+
+
 def test_install_enables_the_module_without_starting_apache2(system, deb):
     r = dpkg("-i", deb)
     assert package_status().startswith("install ok installed"), package_status()
