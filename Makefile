@@ -1,5 +1,6 @@
 # mod_amqp_heartbeat. `make` builds, `make install` installs the Debian way,
-# `make test` / `make demo` / `make bench` install what is missing first.
+# `make deb` builds the Debian package (target/deb/), `make test` / `make demo` /
+# `make bench` install what is missing first.
 
 CARGO      ?= cargo
 APXS       ?= apxs
@@ -7,7 +8,7 @@ MODULE_SO  := target/release/libmod_amqp_heartbeat.so
 MODULE     := target/mod_amqp_heartbeat.so
 PYTHON     := /usr/bin/python3
 
-.PHONY: all build install deps test test-unit test-relay test-httpd test-e2e demo bench lint clean
+.PHONY: all build install deb deps test test-unit test-relay test-httpd test-e2e demo bench lint clean
 
 all: build
 
@@ -26,6 +27,10 @@ install: build
 	install -D -m 644 $(MODULE) $(DESTDIR)$$($(APXS) -q LIBEXECDIR)/mod_amqp_heartbeat.so
 	install -D -m 644 apache/amqp_heartbeat.load $(DESTDIR)/etc/apache2/mods-available/amqp_heartbeat.load
 	install -D -m 644 apache/amqp_heartbeat.conf $(DESTDIR)/etc/apache2/mods-available/amqp_heartbeat.conf
+
+# The Debian package, in target/deb/ (scripts/build-deb.sh says how).
+deb:
+	scripts/build-deb.sh
 
 deps:
 	scripts/install-deps.sh

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Every test: lint, build, Rust unit + relay integration tests, then the
-# Python tests against real httpd / RabbitMQ (tests/httpd, tests/e2e).
+# Python tests against real httpd / RabbitMQ (tests/httpd, tests/e2e) and
+# the Debian package's (tests/deb).
 # `make test` runs this after scripts/install-deps.sh.
 #
 # Work dirs go under $AMQPHB_TMP (exported for the Rust tests too); on exit,
@@ -45,5 +46,8 @@ mkdir -p "$AMQPHB_TMP/cargo"
 TMPDIR="$AMQPHB_TMP/cargo" cargo test --release
 suites=(tests/httpd)
 [ -d tests/e2e ] && suites+=(tests/e2e)
+# The Debian package (make deb, lintian, dpkg -i/-r/-P on this machine);
+# `make deb` there is incremental (7 s when nothing changed).
+suites+=(tests/deb)
 step "pytest ${suites[*]}"
 $PYTHON -m pytest -v -p no:cacheprovider "${suites[@]}"

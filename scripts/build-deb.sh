@@ -1,0 +1,49 @@
+#!/bin/bash
+# `make deb`: target/deb/libapache2-mod-amqp-heartbeat_<version>_<arch>.deb
+# (and its -dbgsym .ddeb, .buildinfo, .changes).
+#
+# dpkg-buildpackage writes its results into the parent of the tree it builds
+# and its debhelper state into debian/: so the package is built from a copy
+# of the tracked and untracked-but-not-ignored files in
+# target/deb/build/<package>-<version>/, never in the checkout (nothing
+# lands in the git tree or beside it). The copy keeps its own target/
+# between runs: cargo rebuilds only what changed. It is a separate cargo
+# target dir because the package build compiles the C parts with Debian's
+# CFLAGS (dpkg-buildflags): sharing target/ with `make build` would rebuild
+# ring and the crate at every switch.
+#
+# The only network access is `cargo fetch --locked` (crates.io, nothing when
+# the crates are cached); the package build itself runs cargo --offline.
+set -e -o pipefail
+cd "$(dirname "$0")/.."
+
+version=$(/usr/bin/python3 -c 'import tomllib; print(tomllib.load(open("Cargo.toml", "rb"))["package"]["version"])')
+deb_version=$(dpkg-parsechangelog -S Version)
+if [ "$version" != "$deb_version" ]; then
+    echo "build-deb: Cargo.toml says $version, debian/changelog says $deb_version:" \
+        "add a changelog entry (dch -v $version)" >&2
+    exit 1
+fi
+package=$(dpkg-parsechangelog -S Source)
+
+cargo fetch --locked
+scripts/deb-copyright.py --check
+
+out=target/deb
+tree=$out/build/$package-$version
+mkdir -p "$tree"
+# Refresh the copy; keep its target/ (cargo's cache). tar keeps mtimes, so
+# cargo sees unchanged files as unchanged.
+find "$tree" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
+# (A tracked file deleted in the checkout is left out.)
+git ls-files -z --cached --others --exclude-standard |
+    while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done |
+    tar --null --files-from=- -cf - | tar -xf - -C "$tree"
+
+rm -f "$out/build/${package}"_* "$out/build/${package}-dbgsym"_*
+(cd "$tree" && dpkg-buildpackage -us -uc -b)
+
+rm -f "$out/${package}"_* "$out/${package}-dbgsym"_*
+mv "$out/build/${package}"_* "$out/build/${package}-dbgsym"_* "$out/"
+arch=$(dpkg-architecture -qDEB_HOST_ARCH)
+echo "build-deb: $out/${package}_${version}_${arch}.deb"
