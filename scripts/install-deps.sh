@@ -4,9 +4,11 @@
 set -e
 PACKAGES="apache2 apache2-dev libclang-dev clang libapache2-mod-wsgi-py3 rabbitmq-server
 python3-eventlet python3-kombu python3-oslo.messaging python3-pytest curl procps openssl
-build-essential dpkg-dev debhelper fakeroot lintian"
+build-essential dpkg-dev debhelper fakeroot lintian
+haproxy"
 # build-essential ... lintian: `make deb` and its test (tests/deb). dh-apache2
 # (the debhelper add-on) is a virtual package that apache2-dev provides.
+# haproxy: the third path of `make bench` (P6, relay versus haproxy).
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
