@@ -16,7 +16,7 @@
 //! as `bench: NAME relay=X direct=Y ratio=Z unit=U goal=G`, then a table.
 
 use mod_amqp_heartbeat::config::{Directive, ServerConfig};
-use mod_amqp_heartbeat::relay::{EventLog, Level, RelayListener, connection};
+use mod_amqp_heartbeat::relay::{EventLog, Level, RelayListener, io_buffers};
 use mod_amqp_heartbeat::relay_thread::RelayThread;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -656,7 +656,7 @@ fn run() -> Res<()> {
     let warnings = log.0.load(Ordering::Relaxed);
     println!(
         "bench: relay_peak_buffered_bytes={} relay_warnings={} relay_stop={:?}",
-        connection::peak_buffered_bytes(),
+        io_buffers::peak_buffered_bytes(),
         warnings,
         outcome
     );

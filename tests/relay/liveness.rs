@@ -6,7 +6,8 @@ use crate::Env;
 use crate::support::amqp::{self, Client, Ending, Tuning};
 use crate::support::relay::{Relay, Settings, rss_bytes};
 use mod_amqp_heartbeat::config::Directive;
-use mod_amqp_heartbeat::relay::connection::{MIN_BUFFER, peak_buffered_bytes};
+use mod_amqp_heartbeat::relay::io_buffers::peak_buffered_bytes;
+use mod_amqp_heartbeat::relay::session::MIN_BUFFER;
 use std::time::{Duration, Instant};
 
 const INTERVAL: u16 = 2;
