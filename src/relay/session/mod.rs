@@ -24,6 +24,8 @@ pub mod events;
 mod intercept;
 pub mod liveness;
 pub mod phase;
+#[cfg(test)]
+mod tests;
 
 use crate::relay::frame::{HEARTBEAT_FRAME, PROTOCOL_HEADER};
 use crate::relay::io_buffers::Direction;
