@@ -8,7 +8,7 @@
 //!
 //! - [`phase`]: where the connection is (handshake, tuned, what each side
 //!   said about closing, which side hit end of stream);
-//! - [`intercept`]: the frames the relay looks into (Tune, TuneOk, Close,
+//! - `intercept`: the frames the relay looks into (Tune, TuneOk, Close,
 //!   CloseOk), one interception point per direction;
 //! - [`liveness`]: heartbeat timers, the quiet mark, the broker verdict;
 //! - [`close_plan`]: the table from ending to what each side is told;
@@ -77,8 +77,8 @@ pub enum Action {
     /// Set the upstream's receive low-water mark (raised: 9 bytes, else
     /// 1), then report with [`Session::on_quiet_mark`] (rule R6).
     SetQuietMark { raised: bool },
-    /// Arm the connection's one timer for this instant (None: disarm) and
-    /// call [`Session::on_wake`] when it fires.
+    /// Arm the connection's one timer for this instant (None: disarm);
+    /// when it fires, the driver runs its next round (rules R4, R7).
     ArmTimer(Option<Instant>),
 }
 
