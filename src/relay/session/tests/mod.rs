@@ -25,11 +25,8 @@ fn secs(s: f64) -> Duration {
 }
 
 fn frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![kind];
-    f.extend_from_slice(&channel.to_be_bytes());
-    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    f.extend_from_slice(payload);
-    f.push(0xCE);
+    let mut f = Vec::new();
+    crate::relay::frame::encode(kind, channel, payload, &mut f);
     f
 }
 
