@@ -18,6 +18,18 @@
 //! keeps its TLS buffers): the driver reads into [`Session::inbound`] and
 //! writes from [`Session::outbound`], so forwarded frames are handed over
 //! as `Bytes` without a copy.
+//!
+//! What goes in and what comes out, per round of the driver:
+//!
+//! | in | out |
+//! |---|---|
+//! | [`Session::on_read`] (bytes from a side, or its end of stream), then [`Session::process`] | frames queued for the other side ([`Session::outbound`]: write these bytes to this side), or an [`Ending`] |
+//! | | [`Session::read_limit`]: read this side (up to the bound), or pause it |
+//! | the time, to [`Session::judge_broker`] | do the hidden read (then [`Session::after_hidden_read`]), or an [`Ending`] |
+//! | the time, to [`Session::queue_heartbeats`] | heartbeats queued |
+//! | [`Session::on_written`] | |
+//! | the time, to [`Session::before_sleep`] | [`Action::SetQuietMark`] (then [`Session::on_quiet_mark`]) or [`Action::ArmTimer`] |
+//! | an [`Ending`], to [`Session::close`] | a [`ClosePlan`] (what each side is told, until when) and its [`Event`]s |
 
 pub mod close_plan;
 pub mod events;

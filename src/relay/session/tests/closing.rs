@@ -249,3 +249,68 @@ fn events_render_the_log_lines_operators_and_tests_grep() {
     );
     assert_eq!(event.level(), crate::relay::Level::Info);
 }
+
+#[test]
+fn the_relays_own_closes_are_announced_with_the_level_of_their_cause() {
+    use crate::relay::Level;
+    let announced = |ending| {
+        let mut sim = Sim::tuned(true, 0);
+        let plan = sim.close(ending);
+        let event = plan.announcement(7).expect("announced");
+        (event.level(), event.to_string())
+    };
+    assert_eq!(
+        announced(Ending::BrokerGone(None)),
+        (
+            Level::Warn,
+            "connection #7: connection to the broker lost: the broker closed the TCP connection; sent Connection.Close 320 to the client".to_string()
+        )
+    );
+    assert_eq!(announced(Ending::BrokerSilent(secs(16.0))).0, Level::Error);
+    let bad = Ending::bad_frame(
+        Side::Broker,
+        &crate::relay::frame::FrameError::BadFrameEnd(0),
+    );
+    let (level, text) = announced(bad);
+    assert_eq!(level, Level::Error);
+    assert!(
+        text.ends_with("sent Connection.Close 501 to the broker"),
+        "{text}"
+    );
+    let bad = Ending::bad_frame(
+        Side::Client,
+        &crate::relay::frame::FrameError::UnknownType(9),
+    );
+    assert_eq!(announced(bad).0, Level::Warn);
+    // Clean closes and the child's exit are not announced, only summed up.
+    let mut sim = Sim::tuned(true, 0);
+    assert!(
+        sim.close(Ending::Shutdown(secs(1.0)))
+            .announcement(7)
+            .is_none()
+    );
+}
+
+#[test]
+fn a_client_the_relay_does_not_serve_gets_a_plain_end_of_stream() {
+    let plan = close_plan::close_client_silently(Instant::now());
+    assert!(queued(&plan.client).is_empty());
+    assert!(plan.client.close_frame().is_none());
+    assert!(matches!(plan.broker, SideClose::Drop));
+}
+
+#[test]
+fn the_relayed_line_names_the_broker_and_the_upstream_port() {
+    let event = Event::Relayed {
+        id: 3,
+        peer: "127.0.0.1:40000".parse().unwrap(),
+        broker: "amqp://127.0.0.1:5672/".to_string(),
+        broker_index: 1,
+        brokers: 2,
+        upstream: Some("127.0.0.1:41000".parse().unwrap()),
+    };
+    assert_eq!(
+        event.to_string(),
+        "connection #3: client 127.0.0.1:40000 relayed to amqp://127.0.0.1:5672/ (broker 2 of 2), upstream from 127.0.0.1:41000"
+    );
+}
