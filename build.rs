@@ -154,7 +154,7 @@ fn compile_shim(headers: &Headers) {
 /// `#[no_mangle]` Rust function (our `amqphb_*` entries, which only the shim
 /// calls); this second script makes the record global and names those
 /// entries local, which measured here overrides rustc's `global:` (a
-/// wildcard would not). See DESIGN.md, "Build facts".
+/// wildcard would not). See docs/DESIGN.md, B1.
 fn restrict_exports(out_dir: &Path) {
     let shim =
         std::fs::read_to_string(SHIM).unwrap_or_else(|e| fail(&format!("cannot read {SHIM}: {e}")));

@@ -23,11 +23,10 @@
 //! then a table.
 
 use mod_amqp_heartbeat::config::{Directive, ServerConfig};
-use mod_amqp_heartbeat::relay::{EventLog, Level, RelayListener, connection};
+use mod_amqp_heartbeat::relay::{EventLog, Level, RelayListener, io_buffers};
 use mod_amqp_heartbeat::relay_thread::RelayThread;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -47,13 +46,7 @@ const FRAME_BODY: u8 = 3;
 const FRAME_HEARTBEAT: u8 = 8;
 const FRAME_MAX: u32 = 131_072;
 
-fn frame(kind: u8, channel: u16, payload: &[u8], out: &mut Vec<u8>) {
-    out.push(kind);
-    out.extend_from_slice(&channel.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out.push(0xCE);
-}
+use mod_amqp_heartbeat::relay::frame::encode as frame;
 
 fn method(channel: u16, class: u16, id: u16, args: &[u8], out: &mut Vec<u8>) {
     let mut p = Vec::with_capacity(4 + args.len());
@@ -422,55 +415,34 @@ impl EventLog for BenchLog {
     }
 }
 
-/// A node started by this binary (when no --broker-port was given);
-/// stopped on drop, also when a bench fails.
-struct Node {
-    workdir: String,
-}
+/// The tests' RabbitMQ driver: one for tests and benches.
+#[allow(dead_code)]
+#[path = "../tests/support/rabbit.rs"]
+mod rabbit;
 
-impl Node {
-    fn start() -> Res<(Node, u16)> {
-        let repo = env!("CARGO_MANIFEST_DIR");
-        let workdir = format!("{repo}/tmp/bench-relay-{}", std::process::id());
-        let out = Command::new("/usr/bin/python3")
-            .args([
-                &format!("{repo}/tests/harness/rabbit.py"),
-                "start",
-                &workdir,
-            ])
-            .output()
-            .map_err(|e| format!("rabbit.py: {e}"))?;
-        let node = Node { workdir };
-        if !out.status.success() {
-            return Err(format!(
-                "rabbit.py start failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let info: serde_json::Value = text
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str(l).ok())
-            .ok_or_else(|| format!("no JSON from rabbit.py: {text}"))?;
-        let port = info["amqp_port"]
-            .as_u64()
-            .ok_or("no amqp_port from rabbit.py")? as u16;
-        Ok((node, port))
+/// A node started by this binary (when no --broker-port was given);
+/// stopped and its work dir removed on drop, also when a bench fails.
+struct OwnNode(rabbit::Node);
+
+impl OwnNode {
+    fn start() -> Res<(OwnNode, u16)> {
+        let workdir = std::path::PathBuf::from(format!(
+            "{}/tmp/bench-relay-{}",
+            env!("CARGO_MANIFEST_DIR"),
+            std::process::id()
+        ));
+        let node = rabbit::Node::start(&workdir, false)?;
+        let port = node.amqp_port;
+        Ok((OwnNode(node), port))
     }
 }
 
-impl Drop for Node {
+impl Drop for OwnNode {
     fn drop(&mut self) {
-        let repo = env!("CARGO_MANIFEST_DIR");
-        let _ = Command::new("/usr/bin/python3")
-            .args([
-                &format!("{repo}/tests/harness/rabbit.py"),
-                "stop",
-                &self.workdir,
-            ])
-            .status();
-        let _ = std::fs::remove_dir_all(&self.workdir);
+        if let Err(e) = self.0.stop() {
+            eprintln!("bench relay: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&self.0.workdir);
     }
 }
 
@@ -600,7 +572,7 @@ fn run() -> Res<()> {
     let (_node, port) = match port {
         Some(p) => (None, p),
         None => {
-            let (n, p) = Node::start()?;
+            let (n, p) = OwnNode::start()?;
             (Some(n), p)
         }
     };
@@ -866,7 +838,7 @@ fn run() -> Res<()> {
     let warnings = log.0.load(Ordering::Relaxed);
     println!(
         "bench: relay_peak_buffered_bytes={} relay_warnings={} relay_stop={:?}",
-        connection::peak_buffered_bytes(),
+        io_buffers::peak_buffered_bytes(),
         warnings,
         outcome
     );

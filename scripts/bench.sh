@@ -16,27 +16,15 @@
 # figures to record). BENCH_ONLY="p1 p3 p5" picks parts. Work dirs go under
 # tmp/bench-run-PID; on exit anything still running from there is killed.
 set -eo pipefail
-cd "$(dirname "$0")/.."
-REPO=$(pwd)
-PYTHON=/usr/bin/python3
-WORK="$REPO/tmp/bench-run-$$"
+. "$(dirname "$0")/workdir.sh"
+cd "$REPO"
+use_workdir bench-run
 OUT="$WORK/figures.txt"
 ONLY=${BENCH_ONLY:-p1 p3 p5}
-mkdir -p "$WORK"
-chmod 755 "$REPO/tmp" "$WORK"   # httpd children (www-data) reach their dirs
 
-cleanup() {
-    status=$?
-    [ -f "$WORK/rabbit/node.json" ] && $PYTHON tests/harness/rabbit.py stop "$WORK/rabbit" >/dev/null 2>&1 || true
-    if ! $PYTHON tests/harness/procs.py leftovers "$WORK" --kill; then
-        echo "bench.sh: processes were left running (killed above)" >&2
-        [ "$status" -ne 0 ] || status=1
-    fi
-    [ "$status" -ne 0 ] || rm -rf "$WORK"
-    exit "$status"
+before_cleanup() {
+    [ -f "$WORK/rabbit/node.json" ] && $PYTHON tests/harness/rabbit.py stop "$WORK/rabbit" >/dev/null 2>&1
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 quick=()
 window_p3=()

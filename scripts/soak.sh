@@ -5,24 +5,9 @@
 # relay threads' total CPU. About 15 minutes; SOAK_CHILDREN / SOAK_MINUTES
 # change the size. Everything it starts is stopped at the end.
 set -eo pipefail
-cd "$(dirname "$0")/.."
-REPO=$(pwd)
-PYTHON=/usr/bin/python3
-WORK="$REPO/tmp/soak-run-$$"
-mkdir -p "$WORK"
-chmod 755 "$REPO/tmp" "$WORK"
-
-cleanup() {
-    status=$?
-    if ! $PYTHON tests/harness/procs.py leftovers "$WORK" --kill; then
-        echo "soak.sh: processes were left running (killed above)" >&2
-        [ "$status" -ne 0 ] || status=1
-    fi
-    [ "$status" -ne 0 ] || rm -rf "$WORK"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$(dirname "$0")/workdir.sh"
+cd "$REPO"
+use_workdir soak-run
 
 # Each child holds the Python app, kombu and 2 sockets; the broker 512
 # connections. Raise the fd limit for the parent and the broker.

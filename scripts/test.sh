@@ -8,25 +8,10 @@
 # anything still running from there (apache2, beam, epmd) is killed, and
 # nothing else.
 set -e
-cd "$(dirname "$0")/.."
-REPO=$(pwd)
-PYTHON=/usr/bin/python3
-
-export AMQPHB_TMP="$REPO/tmp/test-run-$$"
-mkdir -p "$AMQPHB_TMP"
-chmod 755 "$REPO/tmp" "$AMQPHB_TMP"   # httpd children (www-data) reach their dirs
-
-cleanup() {
-    status=$?
-    if ! $PYTHON tests/harness/procs.py leftovers "$AMQPHB_TMP" --kill; then
-        echo "test.sh: processes were left running (killed above)" >&2
-        [ "$status" -ne 0 ] || status=1
-    fi
-    [ "$status" -ne 0 ] || rm -rf "$AMQPHB_TMP"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$(dirname "$0")/workdir.sh"
+cd "$REPO"
+use_workdir test-run
+export AMQPHB_TMP="$WORK"
 
 step() { echo; echo "=== $*"; }
 

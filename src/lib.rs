@@ -7,18 +7,29 @@
 //!
 //! - [`config`] and [`broker_url`]: directive parsing, validation and the
 //!   Apache-style merge. Safe, unit-tested, no httpd symbols.
-//! - [`relay`]: the relay proper. [`relay::frame`] finds frame boundaries,
-//!   [`relay::methods`] decodes and builds the few connection-class methods
-//!   the relay owns, [`relay::heartbeat`] holds the heartbeat rules and
-//!   [`relay::deadline`] the timer that wakes the loop for them,
-//!   [`relay::connection`] moves bytes between one client and its broker,
+//! - [`relay`]: the relay proper (its rules: docs/DESIGN.md, R1 to R13).
+//!   [`relay::session`] is one relayed connection as a sans-I/O state
+//!   machine: bytes and the time in, actions out; its parts are
+//!   [`relay::session::phase`] (where the connection is),
+//!   `relay::session::intercept` (Tune, TuneOk, Close, CloseOk),
+//!   [`relay::session::liveness`] (heartbeat timers from
+//!   [`relay::heartbeat`], the quiet mark, the broker verdict),
+//!   [`relay::session::close_plan`] (ending -> what each side is told) and
+//!   [`relay::session::events`] (what is logged, as data).
+//!   [`relay::io_buffers`] holds one direction's bytes, [`relay::frame`]
+//!   finds frame boundaries, [`relay::methods`] decodes and builds the few
+//!   connection-class methods the relay owns. The tokio side:
+//!   [`relay::driver`] pumps one connection's sockets for its session,
+//!   [`relay::closing`] runs a close plan, [`relay::deadline`] and
+//!   [`relay::quiet`] are its timerfd and low-water mark,
 //!   [`relay::upstream`] dials brokers (failover, TLS), [`relay::peer`]
 //!   checks that a client socket belongs to this process, and
 //!   [`relay::server`] accepts connections and runs the event loop.
 //! - [`relay_thread`]: the one native thread per child: signals blocked,
 //!   panics caught and the relay restarted, bounded stop.
 //! - `os`: a timerfd registered with tokio's reactor (one `unsafe` call,
-//!   the registration; see relay::deadline for why not tokio's timers).
+//!   the registration; see relay::deadline for why not tokio's timers) and
+//!   `SO_RCVLOWAT`.
 //! - `apache` (with `os`, the only `unsafe` code): bindgen bindings, the directive
 //!   handlers, the hooks (check_config, child_init, fixups) and the bridge
 //!   from relay events to `ap_log_error`. The C shim in `apache/` holds the

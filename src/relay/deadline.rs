@@ -6,11 +6,11 @@
 //! 64 ms, 4.096 s, 262 s slots. A heartbeat deadline 3 s ahead that crosses
 //! a 4.096 s boundary lands in the coarse level, and the wheel wakes the
 //! thread at that boundary to move it down, although the broker's next
-//! heartbeat re-arms it before it is due. Measured on an idle connection at
-//! interval 5 s: 5 wakeups per interval with tokio, where 2 (one per broker
-//! heartbeat) do the work. A timerfd is an exact kernel timer: the thread
-//! wakes only when the deadline is really due, and re-arming it is one
-//! syscall on a wakeup that happens anyway.
+//! heartbeat re-arms it before it is due: extra wakeups on an idle
+//! connection (the figures: docs/BENCHMARKS.md, "Timers"). A timerfd is an
+//! exact kernel timer: the thread wakes only when the deadline is really
+//! due, and re-arming it is one syscall on a wakeup that happens anyway
+//! (rule R4).
 
 use crate::os::timerfd::AsyncTimerFd;
 use nix::sys::time::TimeSpec;

@@ -1,4 +1,6 @@
-//! Heartbeat timers, separate from I/O so they are tested with a fake clock.
+//! One heartbeat timer (rules R4, R5, R7 in docs/DESIGN.md), separate from
+//! I/O so it is tested with a fake clock; `session::liveness` owns the
+//! connection's timers and decides when they run.
 //!
 //! - send: a heartbeat rides along whenever the relay is awake anyway and
 //!   nothing was written for interval/4 (typically: the broker's own
@@ -8,7 +10,7 @@
 //!   of two) while the gap stays well inside what the broker tolerates (it
 //!   closes after about 2 x interval of silence);
 //! - receive: the peer is dead after 2 x interval with nothing received.
-//! - quiet (see quiet.rs): while a lone broker heartbeat no longer wakes
+//! - quiet (rule R6): while a lone broker heartbeat no longer wakes
 //!   the relay, it wakes once per interval (every second broker
 //!   heartbeat); the own timer then moves to 5/4 x interval so it does not
 //!   add a wakeup of its own, and the heartbeat still rides along once per
@@ -53,7 +55,7 @@ impl HeartbeatTimers {
         self.last_received = now;
     }
 
-    /// Bytes that waited unseen under a raised low-water mark (quiet.rs)
+    /// Bytes that waited unseen under a raised low-water mark (rule R6)
     /// arrived at some time since the last wakeup; the next broker
     /// heartbeat would have woken the relay, so take them as at most one
     /// interval old. The broker gets one more interval to speak.
@@ -71,7 +73,7 @@ impl HeartbeatTimers {
         self.receive_paused = paused;
     }
 
-    /// See quiet.rs: the peer's heartbeats wake the relay once per
+    /// Rule R6: the peer's heartbeats wake the relay once per
     /// interval instead of twice.
     pub fn set_quiet(&mut self, quiet: bool) {
         self.quiet = quiet;

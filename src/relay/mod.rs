@@ -1,19 +1,27 @@
-//! The AMQP 0-9-1 heartbeat relay (see DESIGN.md, "Relay rules").
+//! The AMQP 0-9-1 heartbeat relay (its rules: R1 to R12 in
+//! docs/DESIGN.md).
 //!
 //! One current-thread tokio runtime per relay thread; one task per relayed
-//! connection. Frames are found by their boundary and passed on untouched,
-//! except connection-class methods on channel 0 and heartbeats, which the
-//! relay owns.
+//! connection. Each connection is a sans-I/O [`session::Session`] (every
+//! decision) run by a thin [`driver`] (the sockets, the timerfd). Frames
+//! are found by their boundary and passed on untouched, except
+//! connection-class methods on channel 0 and heartbeats, which the relay
+//! owns.
 
-pub mod connection;
+pub mod closing;
 pub mod deadline;
+pub mod driver;
 pub mod frame;
 pub mod heartbeat;
+pub mod io_buffers;
 pub mod methods;
 pub mod peer;
 pub mod quiet;
 pub mod server;
+pub mod session;
 pub mod upstream;
+
+pub use session::events::Event;
 
 use crate::config::RelaySettings;
 use std::sync::Arc;
@@ -33,6 +41,12 @@ pub enum Level {
 /// with the right `server_rec`. Messages never contain credentials.
 pub trait EventLog: Send + Sync {
     fn event(&self, listener: usize, level: Level, message: &str);
+
+    /// A typed relay event; rendered to text in one place
+    /// ([`Event`]'s `Display`). Override to keep the fields.
+    fn record(&self, listener: usize, event: &Event) {
+        self.event(listener, event.level(), &event.to_string());
+    }
 }
 
 /// An [`EventLog`] that prints to stderr; for tests and benchmarks.

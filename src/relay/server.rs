@@ -3,8 +3,11 @@
 //! One current-thread tokio runtime (the relay thread is the only thread it
 //! needs), one accept task per listener, one task per relayed connection.
 
-use crate::relay::connection::{self, ConnectionContext};
-use crate::relay::{EventLog, Level, RelayListener, peer, upstream};
+use crate::relay::closing;
+use crate::relay::driver::{self, ConnectionContext};
+use crate::relay::session::close_plan;
+use crate::relay::session::events::{Event, Refusal};
+use crate::relay::{EventLog, RelayListener, peer, upstream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -76,11 +79,7 @@ async fn serve_all(
         let tls = match upstream::tls_connector(&spec.settings) {
             Ok(t) => t,
             Err(e) => {
-                log.event(
-                    index,
-                    Level::Error,
-                    &format!("{e}; amqps:// brokers of this listener will fail"),
-                );
+                log.record(index, &Event::TlsUnavailable { error: e });
                 None
             }
         };
@@ -134,29 +133,23 @@ impl Drop for ActiveGuard {
 
 impl Acceptor {
     /// Why a new client may not use the relay, if it may not.
-    fn refusal(&self, peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<String> {
+    fn refusal(&self, peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<Refusal> {
         match peer::client_is_this_process(peer, local) {
             Ok(true) => {}
-            Ok(false) => {
-                return Some(
-                    "its socket is not held by this process (only this httpd child's app may use its relay)".to_string(),
-                );
-            }
-            Err(e) => return Some(format!("cannot tell which process holds its socket ({e})")),
+            Ok(false) => return Some(Refusal::NotThisProcess),
+            Err(e) => return Some(Refusal::OwnerUnknown(e.to_string())),
         }
         let active = self.active.load(Ordering::Relaxed);
         let max = self.settings.max_connections as usize;
-        (active >= max).then(|| {
-            format!("{active} connections already relayed (AMQPHeartbeatMaxConnections {max})")
-        })
+        (active >= max).then_some(Refusal::TooMany { active, max })
     }
 
     /// Close a refused client with a FIN rather than a reset (what it sent
     /// is read and dropped briefly), so it sees a plain end of stream.
     fn refuse(&self, mut stream: tokio::net::TcpStream) {
         self.tracker.spawn(async move {
-            let deadline = std::time::Instant::now() + connection::CLOSE_TIMEOUT;
-            connection::finish_client(&mut stream, Default::default(), None, deadline).await;
+            let plan = close_plan::close_client_silently(std::time::Instant::now());
+            closing::execute(plan, &mut stream, None).await;
         });
     }
 
@@ -164,10 +157,11 @@ impl Acceptor {
         let local = match self.listener.local_addr() {
             Ok(a) => a,
             Err(e) => {
-                self.log.event(
+                self.log.record(
                     self.index,
-                    Level::Error,
-                    &format!("listener has no address: {e}"),
+                    &Event::ListenerUnusable {
+                        error: e.to_string(),
+                    },
                 );
                 return;
             }
@@ -181,21 +175,20 @@ impl Acceptor {
                 Ok(a) => a,
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
-                    self.log.event(
+                    self.log.record(
                         self.index,
-                        Level::Error,
-                        &format!("accept on {local} failed: {e}"),
+                        &Event::AcceptFailed {
+                            local,
+                            error: e.to_string(),
+                        },
                     );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
             if let Some(reason) = self.refusal(peer, local) {
-                self.log.event(
-                    self.index,
-                    Level::Warn,
-                    &format!("refused {peer}: {reason}"),
-                );
+                self.log
+                    .record(self.index, &Event::Refused { peer, reason });
                 self.refuse(stream);
                 continue;
             }
@@ -211,7 +204,7 @@ impl Acceptor {
             };
             let stop = shutdown.clone();
             self.tracker.spawn(async move {
-                connection::serve(stream, peer, ctx, stop).await;
+                driver::serve(stream, peer, ctx, stop).await;
                 drop(guard);
             });
         }

@@ -14,8 +14,8 @@
 
 use crate::broker_url::BrokerUrl;
 use crate::config::RelaySettings;
-use crate::relay::connection::HANDSHAKE_FRAME_MAX;
 use crate::relay::frame::{PROTOCOL_HEADER, Scan, scan};
+use crate::relay::session::HANDSHAKE_FRAME_MAX;
 use bytes::BytesMut;
 use rustls::pki_types::ServerName;
 use std::net::{IpAddr, SocketAddr};

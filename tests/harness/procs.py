@@ -52,12 +52,61 @@ def threads(pid):
 
 def thread_names(pid):
     """Sorted comm of every thread of pid (e.g. "amqp-heartbeat")."""
-    out = []
-    for tid in os.listdir("/proc/%d/task" % pid):
-        name = _read("/proc/%d/task/%s/comm" % (pid, tid))
-        if name is not None:
-            out.append(name.strip())
-    return sorted(out)
+    return sorted(n for n in (thread_comm(pid, t) for t in tids(pid)) if n is not None)
+
+
+# Per-thread and memory readings (benches/httpd_bench.py: P3, P4, P5).
+
+def tids(pid):
+    return sorted(int(t) for t in os.listdir("/proc/%d/task" % pid))
+
+
+def thread_comm(pid, tid):
+    try:
+        with open("/proc/%d/task/%d/comm" % (pid, tid)) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def schedstat(pid, tid):
+    """(cpu ns, run slices) of one thread."""
+    with open("/proc/%d/task/%d/schedstat" % (pid, tid)) as f:
+        run_ns, _wait_ns, slices = f.read().split()
+    return int(run_ns), int(slices)
+
+
+def ctxt(pid, tid):
+    """(voluntary, nonvoluntary) context switches of one thread."""
+    out = {}
+    with open("/proc/%d/task/%d/status" % (pid, tid)) as f:
+        for line in f:
+            if "ctxt_switches" in line:
+                k, v = line.split(":")
+                out[k.strip()] = int(v)
+    return out.get("voluntary_ctxt_switches", 0), out.get("nonvoluntary_ctxt_switches", 0)
+
+
+def rollup(pid):
+    """/proc/PID/smaps_rollup in KiB: Rss, Pss, Private_Dirty, ..."""
+    out = {}
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                out[parts[0].rstrip(":")] = int(parts[1])
+    return out
+
+
+def rss_kib(pid):
+    return rollup(pid)["Rss"]
+
+
+def private_kib(pid):
+    """Memory only this child has: what each extra child really costs (the
+    module's code pages are shared by the parent and every child)."""
+    r = rollup(pid)
+    return r.get("Private_Dirty", 0) + r.get("Private_Clean", 0)
 
 
 def all_pids():

@@ -7,6 +7,8 @@ use crate::support::amqp::{Client, Ending, Tuning};
 use crate::support::rabbit::Node;
 use crate::support::relay::{Relay, Settings};
 use amq_protocol::protocol::{AMQPClass, channel};
+use mod_amqp_heartbeat::relay::Event;
+use mod_amqp_heartbeat::relay::session::events::EndKind;
 use mod_amqp_heartbeat::relay_thread::StopOutcome;
 use std::time::{Duration, Instant};
 
@@ -32,8 +34,17 @@ pub fn client_close_is_clean(env: &Env) -> Result<(), String> {
             "after CloseOk and the client's FIN the relay's side ended with {ending:?}"
         );
         closed_cleanly(node, upstream, "client Close")?;
-        relay.log.wait_for(
-            &["closed: closed by the client (Connection.Close)"],
+        relay.log.wait_for_event(
+            "Closed ClosedByClient",
+            |e| {
+                matches!(
+                    e,
+                    Event::Closed {
+                        kind: EndKind::ClosedByClient,
+                        ..
+                    }
+                )
+            },
             Duration::from_secs(3),
         )?;
         Ok(())
@@ -75,8 +86,17 @@ pub fn broker_close_is_forwarded(env: &Env) -> Result<(), String> {
             !entry.contains("unexpectedly closed"),
             "the broker saw the upstream vanish: {entry}"
         );
-        relay.log.wait_for(
-            &["closed: closed by the broker (Connection.Close)"],
+        relay.log.wait_for_event(
+            "Closed ClosedByBroker",
+            |e| {
+                matches!(
+                    e,
+                    Event::Closed {
+                        kind: EndKind::ClosedByBroker,
+                        ..
+                    }
+                )
+            },
             Duration::from_secs(3),
         )?;
         Ok(())
@@ -97,8 +117,17 @@ pub fn vanished_client_is_closed_upstream(env: &Env) -> Result<(), String> {
         let upstream = relay.upstream_port(c.local_port())?;
         drop(c);
         closed_cleanly(node, upstream, "vanished client")?;
-        relay.log.wait_for(
-            &["closed:", "without Connection.Close"],
+        relay.log.wait_for_event(
+            "Closed ClientGone",
+            |e| {
+                matches!(
+                    e,
+                    Event::Closed {
+                        kind: EndKind::ClientGone,
+                        ..
+                    }
+                )
+            },
             Duration::from_secs(3),
         )?;
         let gone = node.connection(upstream)?;

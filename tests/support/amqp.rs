@@ -104,11 +104,11 @@ pub fn method(channel: u16, class: AMQPClass) -> Vec<u8> {
 /// A raw frame with any type, channel and payload, and a chosen frame-end
 /// octet: the malformed-input tests need what a codec would refuse.
 pub fn raw_frame(kind: u8, channel: u16, payload: &[u8], end: u8) -> Vec<u8> {
-    let mut f = vec![kind];
-    f.extend_from_slice(&channel.to_be_bytes());
-    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    f.extend_from_slice(payload);
-    f.push(end);
+    let mut f = Vec::with_capacity(payload.len() + 8);
+    mod_amqp_heartbeat::relay::frame::encode(kind, channel, payload, &mut f);
+    if let Some(last) = f.last_mut() {
+        *last = end;
+    }
     f
 }
 

@@ -2,7 +2,7 @@
 //! httpd child: listeners bound first, then one relay thread.
 
 use mod_amqp_heartbeat::config::{Directive, RelaySettings, ServerConfig};
-use mod_amqp_heartbeat::relay::{EventLog, Level, RelayListener};
+use mod_amqp_heartbeat::relay::{Event, EventLog, Level, RelayListener};
 use mod_amqp_heartbeat::relay_thread::{RelayThread, StopOutcome};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,9 @@ pub struct CollectLog {
     name: String,
     started: Instant,
     events: Mutex<Vec<(Level, String)>>,
+    /// The same events with their fields, for assertions that do not
+    /// depend on log prose.
+    typed: Mutex<Vec<Event>>,
     echo: bool,
 }
 
@@ -23,6 +26,7 @@ impl CollectLog {
             name: name.to_string(),
             started: Instant::now(),
             events: Mutex::new(Vec::new()),
+            typed: Mutex::new(Vec::new()),
             echo: std::env::var_os("AMQPHB_TEST_VERBOSE").is_some(),
         }
     }
@@ -38,6 +42,31 @@ impl CollectLog {
 
     pub fn contains(&self, needle: &str) -> bool {
         self.lines().iter().any(|l| l.contains(needle))
+    }
+
+    /// Every typed event so far that `matches`.
+    pub fn events(&self, matches: impl Fn(&Event) -> bool) -> Vec<Event> {
+        let typed = self.typed.lock().unwrap_or_else(|p| p.into_inner());
+        typed.iter().filter(|e| matches(e)).cloned().collect()
+    }
+
+    /// Wait until a typed event `matches`; returns it.
+    pub fn wait_for_event(
+        &self,
+        what: &str,
+        matches: impl Fn(&Event) -> bool,
+        timeout: Duration,
+    ) -> Result<Event, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.events(&matches).into_iter().next() {
+                return Ok(e);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no relay event {what} within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Wait until one event mentions every needle; returns it.
@@ -62,6 +91,14 @@ impl CollectLog {
 }
 
 impl EventLog for CollectLog {
+    fn record(&self, listener: usize, event: &Event) {
+        self.typed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event.clone());
+        self.event(listener, event.level(), &event.to_string());
+    }
+
     fn event(&self, listener: usize, level: Level, message: &str) {
         if self.echo {
             eprintln!(
