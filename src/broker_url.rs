@@ -1,10 +1,9 @@
 //! Broker URLs as written in `AMQPHeartbeatBroker`.
 //!
 //! Only what the relay needs is accepted: `amqp://` or `amqps://`, a host,
-//! an optional port, optional userinfo and an optional vhost. Userinfo and
-//! vhost are never used to log in (the client's own credentials pass through
-//! the relay); they are kept verbatim, still percent-encoded, only so the
-//! URL published to the app can carry them.
+//! an optional port, optional userinfo and an optional vhost, kept verbatim
+//! (still percent-encoded). With userinfo the relay logs in with it
+//! (relay::login); the vhost is copied into the URL published to the app.
 //!
 //! The parser is hand-written rather than taken from the `url` or
 //! `amq-protocol-uri` crates because every rejection must name the part that

@@ -231,19 +231,18 @@ impl ServerConfig {
     }
 }
 
-/// The URL the app is given: `SCHEME://[userinfo@]LISTEN/[vhost]`, userinfo
-/// and vhost copied from the first broker URL.
+/// The URL the app is given: `SCHEME://LISTEN/[vhost]`, the vhost copied
+/// from the first broker URL. Never the userinfo: the URL lands in the
+/// process environment of the whole child (every vhost, every subprocess)
+/// and in request environments that travel to CGI/FastCGI backends, so it
+/// must hold no secret. The relay logs in with the directive's credentials
+/// itself (relay::login); an app that sends none gets its client's default.
 pub fn published_url(
     scheme: &str,
     listen: std::net::SocketAddr,
     first_broker: &BrokerUrl,
 ) -> String {
-    let mut url = format!("{scheme}://");
-    if let Some(ui) = &first_broker.userinfo {
-        url.push_str(ui);
-        url.push('@');
-    }
-    url.push_str(&listen.to_string());
+    let mut url = format!("{scheme}://{listen}");
     url.push('/');
     if let Some(v) = &first_broker.vhost {
         url.push_str(v);
@@ -501,12 +500,12 @@ mod tests {
     }
 
     #[test]
-    fn published_url_copies_userinfo_and_vhost() {
+    fn published_url_copies_the_vhost_and_never_the_userinfo() {
         let b = BrokerUrl::parse("amqps://nova:pw@rabbit:5671/nova%2Fprod").unwrap();
         let listen: std::net::SocketAddr = "127.0.0.1:40001".parse().unwrap();
         assert_eq!(
             published_url("rabbit", listen, &b),
-            "rabbit://nova:pw@127.0.0.1:40001/nova%2Fprod"
+            "rabbit://127.0.0.1:40001/nova%2Fprod"
         );
         let b = BrokerUrl::parse("amqp://rabbit").unwrap();
         assert_eq!(published_url("amqp", listen, &b), "amqp://127.0.0.1:40001/");

@@ -25,6 +25,8 @@ mod closing;
 mod confirmed_delivery;
 #[path = "relay/liveness.rs"]
 mod liveness;
+#[path = "relay/login.rs"]
+mod login;
 #[path = "relay/quiet_upstream.rs"]
 mod quiet_upstream;
 #[path = "relay/tls.rs"]
@@ -110,6 +112,8 @@ fn parallel_trials() -> Vec<(&'static str, TestFn)> {
         liveness::client_heartbeat_1_gets_relay_heartbeats,
         quiet_upstream::hidden_heartbeat_counts_before_the_verdict,
         liveness::slow_dials_do_not_delay_other_connections,
+        login::configured_credentials_replace_the_clients,
+        login::client_credentials_pass_through_without_configured_ones,
         closing::client_close_is_clean,
         closing::broker_close_is_forwarded,
         closing::vanished_client_is_closed_upstream,

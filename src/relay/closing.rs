@@ -61,7 +61,7 @@ async fn write_queue<W: AsyncWrite + Unpin + ?Sized>(
 /// Send the client what it is still owed, then close: FIN first, and keep
 /// reading (discarding) briefly so the client's own reply does not turn
 /// into a reset that destroys the Close it has not read yet.
-async fn finish_client(
+pub(crate) async fn finish_client(
     client: &mut TcpStream,
     mut queue: VecDeque<Bytes>,
     close: Option<Bytes>,

@@ -16,9 +16,11 @@ use crate::config::RelaySettings;
 use crate::relay::EventLog;
 use crate::relay::closing;
 use crate::relay::deadline::Deadline;
-use crate::relay::frame::PROTOCOL_HEADER;
+use crate::relay::frame::{CONNECTION_FORCED, PROTOCOL_HEADER};
 use crate::relay::io_buffers::{Direction, READ_MIN};
+use crate::relay::login::Credentials;
 use crate::relay::quiet::QuietSocket;
+use crate::relay::refusal;
 use crate::relay::session::close_plan::{self, CLOSE_TIMEOUT, Ending};
 use crate::relay::session::events::{Event, Side};
 use crate::relay::session::liveness::HiddenRead;
@@ -112,13 +114,26 @@ pub async fn serve(
     let dialed = match dialed {
         Ok(d) => d,
         Err(e) => {
-            // Nothing can be said in AMQP before the broker's Start, so the
-            // client sees its socket closed and retries, as with a broker down.
+            // The relay speaks for the broker: its own Start, then Close
+            // 320 with the reason, so the app logs why (320: a transient
+            // failure that the client's reconnect loop retries, as it
+            // retried the bare end of stream before; rule R15).
             ctx.log(&Event::DialFailed {
                 id,
                 peer,
                 error: e.to_string(),
             });
+            let text = format!("relay: {e}");
+            let deadline = Instant::now() + CLOSE_TIMEOUT;
+            refusal::refuse(
+                &mut client,
+                first_bytes,
+                true,
+                CONNECTION_FORCED,
+                &text,
+                deadline,
+            )
+            .await;
             return;
         }
     };
@@ -133,10 +148,21 @@ pub async fn serve(
 
     // Anything the client pipelined after its header is frames.
     first_bytes.advance(PROTOCOL_HEADER.len());
+    let broker = &ctx.settings.brokers[dialed.broker];
+    let login = match Credentials::of(broker) {
+        Ok(login) => login,
+        // The parser accepted these escapes at configuration time, so this
+        // cannot happen; said and closed rather than trusted.
+        Err(error) => {
+            ctx.log(&Event::DialFailed { id, peer, error });
+            return;
+        }
+    };
     let config = SessionConfig {
         id,
         relay_heartbeat: ctx.settings.heartbeat,
         quiet_capable: dialed.plain_fd.is_some(),
+        login,
     };
     // The dial sent the protocol header and read the broker's first frame.
     let session = Session::new(config, Instant::now(), first_bytes, dialed.first_bytes);
@@ -163,7 +189,10 @@ pub async fn serve(
 
 /// Read until the 8-byte protocol header is in (or it is clearly wrong);
 /// None when the client closed first.
-async fn read_protocol_header(client: &mut TcpStream, buf: &mut BytesMut) -> Option<HeaderCheck> {
+pub(crate) async fn read_protocol_header(
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Option<HeaderCheck> {
     loop {
         match check_protocol_header(buf) {
             HeaderCheck::Incomplete => {}

@@ -4,7 +4,8 @@
 //! have a fixed layout, so their heartbeat field is patched in place; Close
 //! is decoded (for the log line) and built with amq-protocol, so short
 //! strings and frame layout come from a maintained codec rather than from
-//! here. Start/StartOk/Secure/Open carry credentials and are never decoded.
+//! here. Start/StartOk/Secure/Open carry credentials and are not decoded
+//! here; relay::login reads the two it needs when it logs in itself.
 
 use amq_protocol::frame::{AMQPFrame, gen_frame};
 use amq_protocol::protocol::{AMQPClass, connection, parse_class};

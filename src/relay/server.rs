@@ -7,7 +7,7 @@ use crate::relay::closing;
 use crate::relay::driver::{self, ConnectionContext};
 use crate::relay::session::close_plan;
 use crate::relay::session::events::{Event, Refusal};
-use crate::relay::{EventLog, RelayListener, peer, upstream};
+use crate::relay::{EventLog, RelayListener, peer, refusal, upstream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -123,6 +123,11 @@ struct Acceptor {
 
 /// Decrements the listener's connection count when a connection ends,
 /// however it ends.
+/// AMQP 0-9-1's reply code for a configured limit reached.
+const NOT_ALLOWED: u16 = 530;
+
+/// Decrements the listener's connection count when a connection ends,
+/// however it ends.
 struct ActiveGuard(Arc<AtomicUsize>);
 
 impl Drop for ActiveGuard {
@@ -144,12 +149,30 @@ impl Acceptor {
         (active >= max).then_some(Refusal::TooMany { active, max })
     }
 
-    /// Close a refused client with a FIN rather than a reset (what it sent
-    /// is read and dropped briefly), so it sees a plain end of stream.
-    fn refuse(&self, mut stream: tokio::net::TcpStream) {
+    /// Refuse a client. A socket of another process (or of an unknown
+    /// one) is closed with a FIN rather than a reset (what it sent is read
+    /// and dropped briefly) and told nothing; this process's app, over
+    /// AMQPHeartbeatMaxConnections, is told why in AMQP (the relay's
+    /// Start, then Connection.Close 530; rule R15).
+    fn refuse(&self, mut stream: tokio::net::TcpStream, reason: Refusal) {
         self.tracker.spawn(async move {
-            let plan = close_plan::close_client_silently(std::time::Instant::now());
-            closing::execute(plan, &mut stream, None).await;
+            let now = std::time::Instant::now();
+            if let Refusal::TooMany { .. } = reason {
+                let text = format!("relay: {reason}");
+                let deadline = now + close_plan::CLOSE_TIMEOUT;
+                refusal::refuse(
+                    &mut stream,
+                    Default::default(),
+                    false,
+                    NOT_ALLOWED,
+                    &text,
+                    deadline,
+                )
+                .await;
+            } else {
+                let plan = close_plan::close_client_silently(now);
+                closing::execute(plan, &mut stream, None).await;
+            }
         });
     }
 
@@ -187,9 +210,14 @@ impl Acceptor {
                 }
             };
             if let Some(reason) = self.refusal(peer, local) {
-                self.log
-                    .record(self.index, &Event::Refused { peer, reason });
-                self.refuse(stream);
+                self.log.record(
+                    self.index,
+                    &Event::Refused {
+                        peer,
+                        reason: reason.clone(),
+                    },
+                );
+                self.refuse(stream, reason);
                 continue;
             }
             self.active.fetch_add(1, Ordering::Relaxed);

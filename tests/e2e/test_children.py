@@ -29,7 +29,7 @@ SERVERS = 3
 WATCH = 6
 KILL_BOUND = 20
 PATH = "/send?ops=notify&hold=1.5"
-URL_RX = re.compile(r"^rabbit://guest:guest@127\.0\.0\.1:(\d+)/$")
+URL_RX = re.compile(r"^rabbit://127\.0\.0\.1:(\d+)/$")
 
 
 def _hit_all(h, host):

@@ -11,7 +11,7 @@ from harness.httpd import wsgi_body
 
 PROMPT = 5.0  # seconds an idle child may take to exit
 STOPPED = r"\[amqp_heartbeat:\w+\].*relay thread stopped cleanly"
-URL_RX = re.compile(r"^amqp://guest:guest@127\.0\.0\.1:(\d+)/$")
+URL_RX = re.compile(r"^amqp://127\.0\.0\.1:(\d+)/$")
 CASES = [
     pytest.param("prefork", None, id="prefork"),
     # See test_httpd_children.py for why event runs the app in %{GLOBAL}.

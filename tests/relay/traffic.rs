@@ -140,6 +140,7 @@ fn raw_round_trip(env: &Env, relay: &Relay) -> Result<(), String> {
         heartbeat: 30,
         frame_max: FRAME_MAX as u32,
         channel_max: 32,
+        ..Tuning::default()
     };
     // Tune: frame_max and channel_max pass through, heartbeat offered as 0.
     let direct = Client::open(node.addr(), tuning)?;

@@ -24,6 +24,8 @@ pub struct Tuning {
     pub heartbeat: u16,
     pub frame_max: u32,
     pub channel_max: u16,
+    /// User and password of the StartOk (PLAIN).
+    pub login: (&'static str, &'static str),
 }
 
 impl Default for Tuning {
@@ -32,6 +34,7 @@ impl Default for Tuning {
             heartbeat: 0,
             frame_max: 131_072,
             channel_max: 64,
+            login: ("guest", "guest"),
         }
     }
 }
@@ -160,8 +163,8 @@ impl Client {
         self.send_raw(&bytes)
     }
 
-    /// Protocol header, Start/StartOk (PLAIN guest/guest), Tune/TuneOk with
-    /// `tuning`, Open/OpenOk on vhost "/".
+    /// Protocol header, Start/StartOk (PLAIN, `tuning.login`), Tune/TuneOk
+    /// with `tuning`, Open/OpenOk on vhost "/".
     pub fn handshake(&mut self, tuning: Tuning) -> Result<(), String> {
         self.tuning = tuning;
         self.send_raw(PROTOCOL_HEADER)?;
@@ -187,7 +190,7 @@ impl Client {
             AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
                 client_properties: props,
                 mechanism: "PLAIN".into(),
-                response: LongString::from("\0guest\0guest"),
+                response: LongString::from(format!("\0{}\0{}", tuning.login.0, tuning.login.1)),
                 locale: "en_US".into(),
             })),
         )?;

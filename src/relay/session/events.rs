@@ -63,6 +63,23 @@ pub enum Refusal {
     TooMany { active: usize, max: usize },
 }
 
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NotThisProcess => f.write_str(
+                "its socket is not held by this process (only this httpd child's app may use its relay)",
+            ),
+            Refusal::OwnerUnknown(e) => {
+                write!(f, "cannot tell which process holds its socket ({e})")
+            }
+            Refusal::TooMany { active, max } => write!(
+                f,
+                "{active} connections already relayed (AMQPHeartbeatMaxConnections {max})"
+            ),
+        }
+    }
+}
+
 /// One relay event. `id` is the connection's number within the relay.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -192,7 +209,10 @@ impl fmt::Display for Event {
                 "client {peer}: cannot create a heartbeat timer (timerfd): {error}; closed the client"
             ),
             Event::DialFailed { peer, error, .. } => {
-                write!(f, "client {peer}: {error}; closed the client")
+                write!(
+                    f,
+                    "client {peer}: {error}; told the client (Connection.Close 320)"
+                )
             }
             Event::Relayed {
                 peer,
@@ -226,21 +246,7 @@ impl fmt::Display for Event {
                 "closed: {reason} (after {:.1}s, {bytes_to_broker} bytes to the broker, {bytes_to_client} bytes to the client)",
                 after.as_secs_f64()
             ),
-            Event::Refused { peer, reason } => {
-                write!(f, "refused {peer}: ")?;
-                match reason {
-                    Refusal::NotThisProcess => f.write_str(
-                        "its socket is not held by this process (only this httpd child's app may use its relay)",
-                    ),
-                    Refusal::OwnerUnknown(e) => {
-                        write!(f, "cannot tell which process holds its socket ({e})")
-                    }
-                    Refusal::TooMany { active, max } => write!(
-                        f,
-                        "{active} connections already relayed (AMQPHeartbeatMaxConnections {max})"
-                    ),
-                }
-            }
+            Event::Refused { peer, reason } => write!(f, "refused {peer}: {reason}"),
             Event::AcceptFailed { local, error } => write!(f, "accept on {local} failed: {error}"),
             Event::ListenerUnusable { error } => write!(f, "listener has no address: {error}"),
             Event::TlsUnavailable { error } => {

@@ -8,14 +8,24 @@
 //!
 //! [`Direction::next_frame`]: crate::relay::io_buffers::Direction::next_frame
 
-use crate::relay::frame::{FRAME_METHOD, SYNTAX_ERROR};
+use crate::relay::frame::{CONNECTION_FORCED, FRAME_METHOD, SYNTAX_ERROR, UNEXPECTED_FRAME};
+use crate::relay::login::{self, LoginError};
 use crate::relay::methods::{self, ConnectionMethod};
 use crate::relay::session::close_plan::Ending;
 use crate::relay::session::events::Side;
 use crate::relay::session::phase::Phase;
 use crate::relay::session::{Session, UNLIMITED_FRAME_MAX};
+use bytes::{Buf, Bytes};
 use std::ops::Range;
 use std::time::Instant;
+
+/// What becomes of an intercepted frame.
+enum Intercepted {
+    /// Passed on (maybe patched in place).
+    Pass,
+    /// Dropped unread; this frame is sent in its place.
+    Replace(Bytes),
+}
 
 impl Session {
     /// Frames read from `side`, up to the last whole one: channel-0
@@ -30,9 +40,19 @@ impl Session {
                 break;
             };
             if info.kind == FRAME_METHOD && info.channel == 0 {
-                match side {
+                let verdict = match side {
                     Side::Client => self.client_method(range, now)?,
                     Side::Broker => self.broker_method(range)?,
+                };
+                if let Intercepted::Replace(frame) = verdict {
+                    // The frame is dropped unread and `frame` goes in its
+                    // place, in order.
+                    let inbound = self.inbound(side);
+                    inbound.release_scanned();
+                    inbound.inbuf.advance(info.len);
+                    inbound.push(frame);
+                    passed_frames = true;
+                    continue;
                 }
             }
             self.inbound(side).pass(info.len);
@@ -45,10 +65,14 @@ impl Session {
 
     /// A channel-0 method from the client (its payload at `range` of the
     /// client's read buffer): TuneOk's heartbeat replaced by the relay's
-    /// interval and the connection tuned (rule R1); Close and CloseOk
+    /// interval and the connection tuned (rule R1); StartOk replaced by the
+    /// relay's login when it has credentials (rule R14); Close and CloseOk
     /// noted for the close plan.
-    fn client_method(&mut self, range: Range<usize>, now: Instant) -> Result<(), Ending> {
+    fn client_method(&mut self, range: Range<usize>, now: Instant) -> Result<Intercepted, Ending> {
         match methods::connection_method(&self.from_client.inbuf[range.clone()]) {
+            Some(ConnectionMethod::StartOk) if self.login.is_some() => {
+                return self.relay_start_ok(range).map(Intercepted::Replace);
+            }
             Some(ConnectionMethod::TuneOk) => {
                 let payload = &mut self.from_client.inbuf[range];
                 let Some(fields) = methods::tune_fields(payload) else {
@@ -71,13 +95,49 @@ impl Session {
             Some(ConnectionMethod::CloseOk) => self.client.saw_close_ok(),
             _ => {}
         }
-        Ok(())
+        Ok(Intercepted::Pass)
+    }
+
+    /// The StartOk that logs in with the configured credentials, built
+    /// from the client's (rule R14).
+    fn relay_start_ok(&self, range: Range<usize>) -> Result<Bytes, Ending> {
+        let (Some(credentials), Some(offered)) = (&self.login, &self.offered_mechanisms) else {
+            return Err(Ending::ClientSentBadFrame {
+                code: UNEXPECTED_FRAME,
+                text: "relay: Connection.StartOk before the broker's Connection.Start".into(),
+            });
+        };
+        login::start_ok_with(&self.from_client.inbuf[range], offered, credentials).map_err(|e| {
+            match e {
+                LoginError::Malformed(_) => Ending::ClientSentBadFrame {
+                    code: SYNTAX_ERROR,
+                    text: format!("relay: {e}"),
+                },
+                // The broker cannot be logged in to as configured: the
+                // client hears why, the broker gets a plain close.
+                LoginError::NoMechanism(_) => Ending::BrokerSentBadFrame {
+                    code: CONNECTION_FORCED,
+                    text: format!("relay: {e}"),
+                },
+            }
+        })
     }
 
     /// A channel-0 method from the broker: Tune's heartbeat offered to the
-    /// client as 0 (rule R2); Close and CloseOk noted for the close plan.
-    fn broker_method(&mut self, range: Range<usize>) -> Result<(), Ending> {
+    /// client as 0 (rule R2); Start's mechanisms kept when the relay logs
+    /// in (rule R14); Close and CloseOk noted for the close plan.
+    fn broker_method(&mut self, range: Range<usize>) -> Result<Intercepted, Ending> {
         match methods::connection_method(&self.from_broker.inbuf[range.clone()]) {
+            Some(ConnectionMethod::Start) if self.login.is_some() => {
+                let offered =
+                    login::offered_mechanisms(&self.from_broker.inbuf[range]).map_err(|e| {
+                        Ending::BrokerSentBadFrame {
+                            code: SYNTAX_ERROR,
+                            text: format!("relay: {e}"),
+                        }
+                    })?;
+                self.offered_mechanisms = Some(offered);
+            }
             Some(ConnectionMethod::Tune) => {
                 let payload = &mut self.from_broker.inbuf[range];
                 if !methods::set_tune_heartbeat(payload, 0) {
@@ -91,7 +151,7 @@ impl Session {
             Some(ConnectionMethod::CloseOk) => self.broker.saw_close_ok(),
             _ => {}
         }
-        Ok(())
+        Ok(Intercepted::Pass)
     }
 
     /// Frames other than heartbeats moved: not idle (rule R6). A client's

@@ -41,6 +41,7 @@ mod tests;
 
 use crate::relay::frame::{HEARTBEAT_FRAME, PROTOCOL_HEADER};
 use crate::relay::io_buffers::Direction;
+use crate::relay::login::Credentials;
 use bytes::{Bytes, BytesMut};
 use close_plan::{ClosePlan, Ending, Facts};
 use events::{EndKind, Event, Side};
@@ -95,7 +96,7 @@ pub enum Action {
 }
 
 /// What the session needs to know when it starts.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SessionConfig {
     /// The connection's number within the relay (in every event).
     pub id: u64,
@@ -103,6 +104,9 @@ pub struct SessionConfig {
     pub relay_heartbeat: Duration,
     /// The upstream is plain TCP: the quiet mark can work (rule R6).
     pub quiet_capable: bool,
+    /// The dialed broker URL's credentials: the relay logs in with them
+    /// instead of the client (rule R14).
+    pub login: Option<Credentials>,
 }
 
 pub struct Session {
@@ -118,6 +122,9 @@ pub struct Session {
     liveness: Liveness,
     bytes_to_broker: u64,
     bytes_to_client: u64,
+    login: Option<Credentials>,
+    /// The SASL mechanisms of the broker's Start (only kept with `login`).
+    offered_mechanisms: Option<String>,
 }
 
 impl Session {
@@ -145,6 +152,8 @@ impl Session {
             liveness: Liveness::new(config.relay_heartbeat, config.quiet_capable, now),
             bytes_to_broker: 0,
             bytes_to_client: 0,
+            login: config.login,
+            offered_mechanisms: None,
         }
     }
 

@@ -2,10 +2,11 @@
 //! scripted bytes, a fake clock (instants built from one `t0`), no
 //! sockets. The real-broker tests in tests/relay prove the driver.
 //! Here: the helpers, frames and buffers (R1 to R3, R8, R9); `liveness`:
-//! R4 to R7; `closing`: R10 and the events.
+//! R4 to R7; `closing`: R10 and the events; `login`: R14.
 
 mod closing;
 mod liveness;
+mod login;
 
 use super::close_plan::{CLOSE_TIMEOUT, CloseOkWait, ClosePlan, Ending, SideClose, close_ok_scan};
 use super::events::{EndKind, Event, Side};
@@ -61,6 +62,7 @@ impl Sim {
             id: 7,
             relay_heartbeat: Duration::from_secs(INTERVAL),
             quiet_capable,
+            login: None,
         };
         Sim {
             s: Session::new(config, t0, BytesMut::new(), BytesMut::new()),
