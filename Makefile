@@ -6,6 +6,8 @@ APXS       ?= apxs
 MODULE_SO  := target/release/libmod_amqp_heartbeat.so
 MODULE     := target/mod_amqp_heartbeat.so
 PYTHON     := /usr/bin/python3
+# What a WSGIImportScript line names to give a mod_wsgi daemon its relay.
+DAEMON_SCRIPT := /usr/share/mod-amqp-heartbeat/amqp_heartbeat_daemon.py
 
 .PHONY: all build install deps test test-unit test-relay test-httpd test-e2e demo bench lint clean
 
@@ -26,6 +28,7 @@ install: build
 	install -D -m 644 $(MODULE) $(DESTDIR)$$($(APXS) -q LIBEXECDIR)/mod_amqp_heartbeat.so
 	install -D -m 644 apache/amqp_heartbeat.load $(DESTDIR)/etc/apache2/mods-available/amqp_heartbeat.load
 	install -D -m 644 apache/amqp_heartbeat.conf $(DESTDIR)/etc/apache2/mods-available/amqp_heartbeat.conf
+	install -D -m 644 apache/amqp_heartbeat_daemon.py $(DESTDIR)$(DAEMON_SCRIPT)
 
 deps:
 	scripts/install-deps.sh

@@ -1,7 +1,8 @@
 //! The relay's life in one httpd child: `child_init` binds the listeners,
 //! publishes the URLs and starts the thread; a cleanup on the child pool,
 //! registered by a second, last `child_init`, stops it; `fixups` copies the
-//! URLs into each request's environment.
+//! URLs into each request's environment. [`start`] is shared with the
+//! mod_wsgi daemon entry point (`daemon.rs`).
 
 use super::bindings::{
     APLOG_DEBUG, APLOG_ERR, APLOG_INFO, APLOG_NOTICE, APLOG_WARNING, DECLINED, apr_pool_t,
@@ -27,8 +28,12 @@ const STOP_GRACE: Duration = Duration::from_millis(900);
 /// Written once in child_init, then only read, from any request thread.
 static PUBLISHED: OnceLock<HashMap<usize, Vec<(CString, CString)>>> = OnceLock::new();
 
+/// The (NAME, URL) pairs this process published in its environment, once
+/// [`start`] ran here.
+static ENVIRONMENT: OnceLock<Vec<(String, String)>> = OnceLock::new();
+
 /// The started relay, from the first child_init to the last one, which
-/// hands it to the child pool.
+/// hands it to the child pool (or from [`start`] to the daemon entry).
 static STARTED: Mutex<Option<ChildRelay>> = Mutex::new(None);
 
 /// `child_init`, registered APR_HOOK_REALLY_FIRST: runs in the new child,
@@ -44,9 +49,16 @@ pub unsafe extern "C" fn amqphb_child_init(_pchild: *mut apr_pool_t, s: *mut ser
     let main = unsafe { Server::from_raw(s) };
     // A panic leaves the child without a relay but serving.
     boundary("child_init", main, (), || {
+        if main.config().is_some_and(|c| !c.core.child_relay()) {
+            main.log(
+                APLOG_DEBUG,
+                "AMQPHeartbeatChildRelay Off: no relay in this child",
+            );
+            return;
+        }
         // SAFETY: httpd runs this hook first among the child_init hooks,
         // before the child starts any other thread.
-        unsafe { start(main) }
+        unsafe { start(main, true) };
     });
 }
 
@@ -70,8 +82,7 @@ pub unsafe extern "C" fn amqphb_child_init_last(pchild: *mut apr_pool_t, s: *mut
     // SAFETY: NULL or the main server (contract above).
     let main = unsafe { Server::from_raw(s) };
     boundary("child_init (last)", main, (), || {
-        let started = STARTED.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(relay) = started else {
+        let Some(relay) = take_started() else {
             return;
         };
         // SAFETY: the child's pool (contract above). The relay is stopped
@@ -133,12 +144,15 @@ struct Group {
     server: Server,
 }
 
-/// Body of child_init.
+/// Body of child_init (and of the daemon entry point): bind, publish,
+/// start the thread and leave it in [`STARTED`]. Returns `None` when no
+/// server names a broker (nothing done), else the (NAME, URL) pairs put in
+/// the process environment (empty when no listener could be bound).
 ///
 /// # Safety
-/// Only from the first child_init, while this process has a single thread
-/// (it calls setenv).
-unsafe fn start(main: Server) {
+/// With `set_environment`, only while this process has a single thread (it
+/// calls setenv). Once per process.
+pub(super) unsafe fn start(main: Server, set_environment: bool) -> Option<Vec<(String, String)>> {
     let servers: Vec<RelayServer> = main
         .all()
         .into_iter()
@@ -154,7 +168,7 @@ unsafe fn start(main: Server) {
         .collect();
     if servers.is_empty() {
         // No server names a broker: no thread, no environment.
-        return;
+        return None;
     }
 
     let mut groups: Vec<Group> = Vec::new();
@@ -183,14 +197,17 @@ unsafe fn start(main: Server) {
         );
     }
 
-    for (name, url) in &environment {
+    for (name, url) in environment.iter().filter(|_| set_environment) {
         // SAFETY: setenv is only sound while no other thread may read or
         // write the environment. This hook runs first among child_init hooks
         // in a child that has a single thread: prefork never has more, event
         // starts its workers after child_init, no other module's child_init
         // has run yet, and the relay thread is started below, after this.
+        // The daemon entry passes set_environment only when it counted one
+        // thread in the process.
         unsafe { std::env::set_var(name, url) };
     }
+    let _ = ENVIRONMENT.set(environment.clone());
     if PUBLISHED.set(published).is_err() {
         main.log(
             APLOG_WARNING,
@@ -207,7 +224,7 @@ unsafe fn start(main: Server) {
         }
     }
     if listeners.is_empty() {
-        return;
+        return Some(environment);
     }
     let count = listeners.len();
     let muted = Arc::new(AtomicBool::new(false));
@@ -232,6 +249,17 @@ unsafe fn start(main: Server) {
             &format!("{e}; this child serves requests without a relay (connections to its URL are refused)"),
         ),
     }
+    Some(environment)
+}
+
+/// What [`start`] published in this process, if it ran here.
+pub(super) fn published_environment() -> Option<&'static [(String, String)]> {
+    ENVIRONMENT.get().map(Vec::as_slice)
+}
+
+/// The relay [`start`] left behind, for its owner.
+pub(super) fn take_started() -> Option<ChildRelay> {
+    STARTED.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 /// Bind the listener for `relay_server`'s settings; failure is logged and
@@ -342,8 +370,9 @@ impl EventLog for ApacheLog {
     }
 }
 
-/// Owned by the child pool; dropping it (the pool cleanup) stops the relay.
-struct ChildRelay {
+/// Owned by the child pool (or the daemon entry); dropping it stops the
+/// relay.
+pub(super) struct ChildRelay {
     thread: Option<RelayThread>,
     main: Server,
     muted: Arc<AtomicBool>,
