@@ -114,8 +114,8 @@ fn generate_bindings(headers: &Headers, out_dir: &Path) {
         .clang_args(headers.defines.iter().cloned())
         // Only what src/apache uses.
         .allowlist_type("server_rec|request_rec|cmd_parms|ap_directive_t|apr_pool_t|apr_table_t|apr_status_t")
-        .allowlist_function("apr_table_set|apr_pstrdup|apr_pool_cleanup_register|apr_pool_cleanup_null")
-        .allowlist_var("APLOG_(EMERG|ALERT|CRIT|ERR|WARNING|NOTICE|INFO|DEBUG)|OK|DECLINED|HTTP_INTERNAL_SERVER_ERROR")
+        .allowlist_function("apr_table_set|apr_table_get|apr_pstrdup|apr_pool_cleanup_register|apr_pool_cleanup_null")
+        .allowlist_var("APLOG_(EMERG|ALERT|CRIT|ERR|WARNING|NOTICE|INFO|DEBUG)|OK|DECLINED|HTTP_INTERNAL_SERVER_ERROR|ap_conftree")
         // Kept by value in server_rec; its fields are not needed.
         .opaque_type("ap_logconf")
         .layout_tests(false)

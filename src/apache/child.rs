@@ -10,10 +10,11 @@ use super::bindings::{
 };
 use super::check::describe;
 use super::ffi::{Server, boundary, c_string, pool_owned};
+use super::wsgi_routing::{Routing, config_tree, noted_daemon_group};
 use crate::config::{EnvExport, RelaySettings, published_url};
 use crate::relay::{EventLog, Level, RelayListener};
 use crate::relay_thread::{RelayThread, StopOutcome};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, c_int};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,11 @@ const STOP_GRACE: Duration = Duration::from_millis(900);
 /// What each server publishes, (NAME, URL) pairs keyed by [`Server::key`].
 /// Written once in child_init, then only read, from any request thread.
 static PUBLISHED: OnceLock<HashMap<usize, Vec<(CString, CString)>>> = OnceLock::new();
+
+/// The servers ([`Server::key`]) whose mod_wsgi requests go to daemon
+/// processes: their requests get no URL from this process (see
+/// wsgi_routing.rs).
+static DAEMON_ROUTED: OnceLock<HashSet<usize>> = OnceLock::new();
 
 /// The (NAME, URL) pairs this process published in its environment, once
 /// [`start`] ran here.
@@ -98,7 +104,8 @@ pub unsafe extern "C" fn amqphb_child_init_last(pchild: *mut apr_pool_t, s: *mut
 
 /// `fixups`: the request's server publishes its relay URL(s) in
 /// `subprocess_env` too (what CGI-style interfaces, mod_wsgi's environ and
-/// PHP's `$_SERVER` read). Always DECLINED.
+/// PHP's `$_SERVER` read), unless mod_wsgi will ship the request to a
+/// daemon process, which cannot use this child's relay. Always DECLINED.
 ///
 /// # Safety
 /// `r` is NULL or the live request being processed.
@@ -115,7 +122,12 @@ pub unsafe extern "C" fn amqphb_fixups(r: *mut request_rec) -> c_int {
         let Some(exports) = PUBLISHED.get().and_then(|p| p.get(&server.key())) else {
             return declined;
         };
-        if request.subprocess_env.is_null() {
+        if request.subprocess_env.is_null()
+            || DAEMON_ROUTED
+                .get()
+                .is_some_and(|r| r.contains(&server.key()))
+            || noted_daemon_group(request)
+        {
             return declined;
         }
         for (name, url) in exports {
@@ -170,6 +182,26 @@ pub(super) unsafe fn start(main: Server, set_environment: bool) -> Option<Vec<(S
         // No server names a broker: no thread, no environment.
         return None;
     }
+
+    let routing = Routing::from_tree(&config_tree());
+    let routed: HashSet<usize> = servers
+        .iter()
+        .filter(|s| {
+            let vhost_at = s.server.defined_at().filter(|_| s.server.is_virtual());
+            routing.routes(vhost_at.as_deref())
+        })
+        .map(|s| {
+            s.server.log(
+                APLOG_DEBUG,
+                &format!(
+                    "{}: mod_wsgi hands its requests to daemon processes (WSGIProcessGroup); no relay URL in their environment from this process",
+                    s.description
+                ),
+            );
+            s.server.key()
+        })
+        .collect();
+    let _ = DAEMON_ROUTED.set(routed);
 
     let mut groups: Vec<Group> = Vec::new();
     let mut published: HashMap<usize, Vec<(CString, CString)>> = HashMap::new();

@@ -15,6 +15,8 @@
 //! - [`daemon`]: the entry points a mod_wsgi daemon process calls (through
 //!   `apache/amqp_heartbeat_daemon.py`) to start and stop its own relay
 //!   with [`child`]'s start.
+//! - [`wsgi_routing`]: which requests mod_wsgi ships to a daemon process
+//!   (they get no URL from the child, see `fixups`).
 //! - [`ffi`]: the small helpers every entry uses: the panic boundary, C
 //!   strings, the `server_rec` handle and the log bridge.
 //!
@@ -27,3 +29,4 @@ mod child;
 mod daemon;
 mod ffi;
 mod server_config;
+mod wsgi_routing;
