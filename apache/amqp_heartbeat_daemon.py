@@ -18,10 +18,11 @@
 #     getenv() find them;
 #   - gives requests of this interpreter the daemon's own URL in the WSGI
 #     environ (mod_wsgi's request_started event);
-#   - stops the relay at exit (atexit: after mod_wsgi joined the request
-#     threads, before the interpreter is torn down), Connection.Close on
-#     every upstream. The module stops it in C exit() too, should Python's
-#     exit functions not run.
+#   - stops the relay when the daemon shuts down, Connection.Close on every
+#     upstream, at mod_wsgi's process_stopping event (see
+#     _stop_on_process_stopping); Python's atexit and the module's C atexit
+#     handler are the fallbacks (mod_wsgi's reaper ends a stuck shutdown
+#     with exit(-1)); a second stop does nothing.
 #
 # Without an AMQPHeartbeatBroker anywhere, the module logs one line and this
 # does nothing. Every failure is one line in the error log (stderr there),
@@ -31,11 +32,19 @@ import atexit
 import ctypes
 import os
 import sys
+import time
 
 _START = "amqp_heartbeat_daemon_start"
 _STOP = "amqp_heartbeat_daemon_stop"
 # amqp_heartbeat_daemon_start's results (src/apache/daemon.rs).
 _STARTED, _NOT_CONFIGURED = 0, 1
+# How long the relay waits at shutdown for running requests (httpd SIGKILLs
+# a daemon 3 s after it asked it to stop for a restart).
+REQUESTS_GRACE = 2.0
+# Taken before the app runs: eventlet.monkey_patch() makes time.sleep green,
+# and the shutdown callback runs outside any green thread.
+_sleep = time.sleep
+_now = time.monotonic
 
 
 def _say(message):
@@ -97,8 +106,40 @@ def _start():
         if sep:
             published.append((name, url))
             os.environ[name] = url    # os.putenv too: the C environment
+    _stop_on_process_stopping(stop)
     atexit.register(stop)
     return published
+
+
+def _stop_on_process_stopping(stop):
+    """Stop the relay when mod_wsgi starts the daemon's shutdown: its
+    process_stopping event, in the daemon's main thread, before it joins
+    the request threads and tears the interpreters down. Later is too late
+    for an eventlet app: tearing its interpreter down waits in
+    threading._shutdown for green threads that never end (measured: mod_wsgi
+    4.9.4, eventlet 0.33, Python 3.11), until httpd SIGKILLs the daemon 3 s
+    after a restart, or mod_wsgi's reaper calls exit(-1) after
+    shutdown-timeout; Python's atexit never runs. Requests still running get
+    up to REQUESTS_GRACE to finish with their connections (mod_wsgi's
+    graceful paths, maximum-requests and graceful-timeout, only signal the
+    shutdown once no request runs)."""
+    try:
+        import mod_wsgi
+        metrics = mod_wsgi.process_metrics
+        subscribe = mod_wsgi.subscribe_shutdown
+    except (ImportError, AttributeError):
+        return
+
+    def on_stopping(*_name, **_event):
+        deadline = _now() + REQUESTS_GRACE
+        try:
+            while metrics().get("active_requests", 0) > 0 and _now() < deadline:
+                _sleep(0.05)
+        except Exception as e:      # never keep the daemon from stopping
+            _say("cannot count active requests: %r" % (e,))
+        stop()
+
+    subscribe(on_stopping)
 
 
 def _subscribe(published):

@@ -14,7 +14,6 @@ import re
 import signal
 import time
 import types
-from concurrent.futures import ThreadPoolExecutor
 
 from harness import procs
 from harness.httpd import Httpd
@@ -30,19 +29,6 @@ WATCH = 6
 KILL_BOUND = 20
 PATH = "/send?ops=notify&hold=1.5"
 URL_RX = re.compile(r"^rabbit://guest:guest@127\.0\.0\.1:(\d+)/$")
-
-
-def _hit_all(h, host):
-    """Concurrent requests until every child answered: {pid: answer}."""
-    seen = {}
-    deadline = time.time() + 120
-    with ThreadPoolExecutor(SERVERS) as pool:
-        while len(seen) < SERVERS:
-            assert time.time() < deadline, "only children %s answered %s" % (sorted(seen), host)
-            for status, body in pool.map(lambda _: stack.get_json(h, PATH, host), range(SERVERS)):
-                assert status == 200, "%s: %s\n%s" % (host, body, h.error_log_tail())
-                seen.setdefault(body["pid"], body)
-    return seen
 
 
 def _upstreams(node, answers):
@@ -71,8 +57,8 @@ def run_scenario(rabbit, module_dir):
     h.start()
     try:
         s.pids = h.children()
-        s.module = _hit_all(h, "oslo-module.e2e")
-        s.direct = _hit_all(h, "oslo-direct.e2e")
+        s.module = stack.hit_all(h, PATH, "oslo-module.e2e", SERVERS)
+        s.direct = stack.hit_all(h, PATH, "oslo-direct.e2e", SERVERS)
         s.module_up, rows = _upstreams(rabbit, s.module)
         s.direct_up, _ = _upstreams(rabbit, s.direct)
         s.rows = {r["peer_port"]: r for r in rows}
