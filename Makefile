@@ -40,8 +40,10 @@ lint:
 test: deps
 	scripts/test.sh
 
+# DEMO_MODE=daemon: the apps in mod_wsgi daemon processes (WSGIDaemonProcess).
+DEMO_MODE ?= embedded
 demo: deps build
-	$(PYTHON) demo/demo.py
+	$(PYTHON) demo/demo.py --mode=$(DEMO_MODE)
 
 bench: deps build
 	scripts/bench.sh
