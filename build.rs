@@ -107,7 +107,7 @@ fn generate_bindings(headers: &Headers, out_dir: &Path) {
     let mut builder = bindgen::Builder::default()
         .header_contents(
             "amqphb_bindings.h",
-            "#include <httpd.h>\n#include <http_config.h>\n#include <http_log.h>\n\
+            "#include <httpd.h>\n#include <http_config.h>\n#include <http_log.h>\n#include <http_main.h>\n\
              #include <apr_pools.h>\n#include <apr_strings.h>\n#include <apr_tables.h>\n",
         )
         .clang_args(headers.include_dirs.iter().map(|d| format!("-I{}", d.display())))
@@ -115,7 +115,7 @@ fn generate_bindings(headers: &Headers, out_dir: &Path) {
         // Only what src/apache uses.
         .allowlist_type("server_rec|request_rec|cmd_parms|ap_directive_t|apr_pool_t|apr_table_t|apr_status_t")
         .allowlist_function("apr_table_set|apr_table_get|apr_pstrdup|apr_pool_cleanup_register|apr_pool_cleanup_null")
-        .allowlist_var("APLOG_(EMERG|ALERT|CRIT|ERR|WARNING|NOTICE|INFO|DEBUG)|OK|DECLINED|HTTP_INTERNAL_SERVER_ERROR|ap_conftree")
+        .allowlist_var("APLOG_(EMERG|ALERT|CRIT|ERR|WARNING|NOTICE|INFO|DEBUG)|OK|DECLINED|HTTP_INTERNAL_SERVER_ERROR|ap_conftree|ap_server_conf")
         // Kept by value in server_rec; its fields are not needed.
         .opaque_type("ap_logconf")
         .layout_tests(false)

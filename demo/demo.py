@@ -52,6 +52,7 @@ IDLE = 60               # seconds without requests
 TICK = 5                # seconds between looks at the broker
 VARIANTS = ("direct", "module")
 DAEMON_SCRIPT = os.path.join(REPO, "apache", "amqp_heartbeat_daemon.py")
+SETUP = ["one prefork child"]      # what runs the apps, for the verdict
 
 T0 = time.time()
 
@@ -271,7 +272,7 @@ def verdict(node, direct, module):
         ("second request", second_cell(d2), second_cell(m2)),
     ]
     line()
-    line("Verdict (RabbitMQ heartbeat %d s, one prefork child, +N s = after request 1):" % BROKER_HEARTBEAT)
+    line("Verdict (RabbitMQ heartbeat %d s, %s, +N s = after request 1):" % (BROKER_HEARTBEAT, SETUP[0]))
     line()
     w0, w1, w2 = 24, 36, 38
     line("  %-*s  %-*s  %s" % (w0, "", w1, "direct to RabbitMQ", "through mod_amqp_heartbeat"))
@@ -311,6 +312,7 @@ def main():
     where = "child"
     if daemon:
         where = "daemon process"
+        SETUP[0] = "one daemon process per app"
         line("mod_amqp_heartbeat demo: one prefork httpd child, mod_wsgi DAEMON mode: each app in its")
         line("own WSGIDaemonProcess (processes=1 threads=1), the same eventlet + oslo.messaging")
         line("notifier app (demo/app.wsgi) served twice:")

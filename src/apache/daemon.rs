@@ -19,10 +19,11 @@
 //!   (mod_wsgi's shutdown-timeout reaper calls `exit(-1)`;
 //!   `WSGIDestroyInterpreter Off`); the second call finds nothing to do.
 //!
-//! Both are safe to call in a process that is not an httpd child: they
-//! look `ap_server_conf` up at run time and report its absence.
+//! Both are safe to call in any process that has the module mapped: the
+//! start reports a missing httpd configuration (`ap_server_conf` not set)
+//! instead of using it, and the stop does nothing when nothing runs.
 
-use super::bindings::{APLOG_INFO, APLOG_NOTICE, server_rec};
+use super::bindings::{APLOG_INFO, APLOG_NOTICE, ap_server_conf};
 use super::child::{ChildRelay, published_environment, start, take_started};
 use super::ffi::{Server, boundary, c_string};
 use std::ffi::{CStr, CString, c_char, c_int};
@@ -175,20 +176,12 @@ fn report() -> &'static CStr {
     REPORT.get().map_or(c"", CString::as_c_str)
 }
 
-/// httpd's main server, looked up at run time: a process that is not httpd
-/// (or not yet configured) has none, and the module must not need the
-/// symbol to load.
+/// httpd's main server; none before httpd has read its configuration.
 fn main_server() -> Option<Server> {
-    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only
-    // searches the loaded objects; NULL when the symbol is absent.
-    let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"ap_server_conf".as_ptr()) };
-    if symbol.is_null() {
-        return None;
-    }
-    // SAFETY: ap_server_conf is httpd's `server_rec *` global; the symbol is
-    // its address. httpd sets it after reading the configuration and
-    // never changes it in a child or daemon process.
-    let main = unsafe { *symbol.cast::<*mut server_rec>() };
+    // SAFETY: ap_server_conf is httpd's `server_rec *` global, set once the
+    // configuration is read and never changed in a child or daemon process
+    // (read by value here).
+    let main = unsafe { ap_server_conf };
     if main.is_null() {
         return None;
     }
