@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -277,6 +278,41 @@ class Timeline:
             elif seen:
                 return t
         return None
+
+
+# After a SIGKILL: how long the other upstreams are watched, and the bound
+# for the victim's to go (the kernel closes its sockets; the broker sees the
+# FIN at once unless the machine is very busy).
+KILL_WATCH = 6
+KILL_BOUND = 20
+
+
+class KillWatch:
+    """SIGKILL `pid` and watch the broker's connections for at least
+    KILL_WATCH s, and until `victim_ports` are gone (at most KILL_BOUND s)."""
+
+    def __init__(self, node, pid, victim_ports):
+        self.pid = pid
+        self.victim_ports = set(victim_ports)
+        os.kill(pid, signal.SIGKILL)
+        self.killed_at = time.time()
+        self.polls = []    # (time, set of peer ports)
+        while True:
+            ports = {r["peer_port"] for r in connections(node)}
+            self.polls.append((time.time(), ports))
+            waited = time.time() - self.killed_at
+            if waited >= KILL_BOUND or (waited >= KILL_WATCH and not self.victim_ports & ports):
+                return
+            time.sleep(0.5)
+
+    def check(self, others):
+        """Assert: the victim's upstreams went, none of `others` did."""
+        last_t, last = self.polls[-1]
+        assert not self.victim_ports & last, "%d's upstreams %s are still open after %.0f s" % (
+            self.pid, self.victim_ports & last, last_t - self.killed_at)
+        for t, ports in self.polls:
+            assert set(others) <= ports, "after killing %d, %s went too (+%.1f s)" % (
+                self.pid, set(others) - ports, t - self.killed_at)
 
 
 def wait_until(deadline, step, poll):
