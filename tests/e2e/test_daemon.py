@@ -14,7 +14,8 @@ transport_url from OS_DEFAULT__TRANSPORT_URL and client heartbeat 0:
           (the httpd child sends none for a daemon request);
   maxreq  maximum-requests=2: the exiting daemon's relay closes its
           upstream with Connection.Close; the next daemon has a new relay;
-  other   user=nobody group=nogroup: works.
+  other   user=nobody group=nogroup, named by WSGIScriptAlias process-group=,
+          a sub-interpreter: works, and its WSGI environ has no URL.
 
 Then SIGKILL of one idle daemon (its upstream goes at the broker, no other
 does) and `apache2 -k graceful` (every daemon's relay closes its upstreams
@@ -158,7 +159,10 @@ def _start_main(s, rabbit, module_dir):
             + stack.oslo_vhost("daemon-direct", data, direct_conf, True, g, daemon="direct")
             + stack.oslo_vhost("daemon-cpu", data, module_conf, False, None, rabbit.url, daemon="cpu")
             + stack.oslo_vhost("daemon-maxreq", data, module_conf, False, g, rabbit.url, daemon="maxreq")
-            + stack.oslo_vhost("daemon-other", other_data, module_conf, False, g, rabbit.url, daemon="other"))
+            # Its group named by WSGIScriptAlias (the request's notes), its
+            # app in a sub-interpreter.
+            + stack.oslo_vhost("daemon-other", other_data, module_conf, False, None, rabbit.url).replace(
+                "oslo_app.wsgi\n", "oslo_app.wsgi process-group=other\n"))
     s.httpd = h = _start(s, os.path.join(module_dir, "httpd"), body, 2)
     s.daemons = wait_daemons(h, {"idle": 2, "cpu": 1, "maxreq": 1, "other": 1})
     s.daemons.update(wait_daemons(h, {"direct": 1}, relay=False))
@@ -387,10 +391,12 @@ def test_request_environ_never_carries_the_httpd_childs_url(scenario):
         got = a["env"][ENV]["request"]
         assert got is None or url_port(a, "request") == own, (a["pid"], got, own)
         assert url_port(a, "request") not in child_ports, (a["pid"], got)
-    # The sub-interpreter app (cpu group) gets none at all: the child sent
-    # none, and the daemon's event hook only serves its own interpreter.
-    assert s.cpu["body"]["env"][ENV]["request"] is None, s.cpu["body"]["env"]
-    assert url_port(s.cpu["body"]) is not None
+    # The sub-interpreter apps get none at all: the child sent none
+    # (WSGIProcessGroup for cpu, WSGIScriptAlias process-group= for other),
+    # and the daemon's event hook only serves its own interpreter.
+    for a in (s.cpu["body"], s.other["body"]):
+        assert a["env"][ENV]["request"] is None, (a["variant"], a["env"])
+        assert url_port(a) is not None
 
 
 def test_maximum_requests_restart_closes_cleanly_and_the_new_daemon_has_a_relay(scenario):
