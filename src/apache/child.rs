@@ -64,8 +64,32 @@ pub unsafe extern "C" fn amqphb_child_init(_pchild: *mut apr_pool_t, s: *mut ser
         }
         // SAFETY: httpd runs this hook first among the child_init hooks,
         // before the child starts any other thread.
-        unsafe { start(main, true) };
+        if unsafe { start(main, true) }.is_some() {
+            note_daemon_routed(main);
+        }
     });
+}
+
+/// Fill [`DAEMON_ROUTED`] for `fixups`, from httpd's configuration tree.
+fn note_daemon_routed(main: Server) {
+    let routing = Routing::from_tree(&config_tree());
+    let routed = main
+        .all()
+        .into_iter()
+        .filter(|s| s.config().is_some_and(|c| c.core.brokers.is_some()))
+        .filter(|s| routing.routes(s.defined_at().filter(|_| s.is_virtual()).as_deref()))
+        .map(|s| {
+            s.log(
+                APLOG_DEBUG,
+                &format!(
+                    "{}: mod_wsgi hands its requests to daemon processes (WSGIProcessGroup); no relay URL in their environment from this child",
+                    describe(s)
+                ),
+            );
+            s.key()
+        })
+        .collect();
+    let _ = DAEMON_ROUTED.set(routed);
 }
 
 /// `child_init`, registered APR_HOOK_REALLY_LAST: attach the relay started
@@ -182,26 +206,6 @@ pub(super) unsafe fn start(main: Server, set_environment: bool) -> Option<Vec<(S
         // No server names a broker: no thread, no environment.
         return None;
     }
-
-    let routing = Routing::from_tree(&config_tree());
-    let routed: HashSet<usize> = servers
-        .iter()
-        .filter(|s| {
-            let vhost_at = s.server.defined_at().filter(|_| s.server.is_virtual());
-            routing.routes(vhost_at.as_deref())
-        })
-        .map(|s| {
-            s.server.log(
-                APLOG_DEBUG,
-                &format!(
-                    "{}: mod_wsgi hands its requests to daemon processes (WSGIProcessGroup); no relay URL in their environment from this process",
-                    s.description
-                ),
-            );
-            s.server.key()
-        })
-        .collect();
-    let _ = DAEMON_ROUTED.set(routed);
 
     let mut groups: Vec<Group> = Vec::new();
     let mut published: HashMap<usize, Vec<(CString, CString)>> = HashMap::new();
