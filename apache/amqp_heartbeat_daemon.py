@@ -78,6 +78,12 @@ def _find_module():
             continue
         if hasattr(lib, _START) and hasattr(lib, _STOP):
             return lib
+    # A module file replaced on disk since httpd loaded it is mapped as
+    # "PATH (deleted)", which no dlopen finds; httpd loads modules
+    # RTLD_GLOBAL, so the process's global scope still has the entries.
+    lib = ctypes.CDLL(None)
+    if hasattr(lib, _START) and hasattr(lib, _STOP):
+        return lib
     return None
 
 
@@ -160,6 +166,9 @@ def _subscribe(published):
     mod_wsgi.subscribe_events(own_urls)
 
 
-_published = _start()
-if _published:
-    _subscribe(_published)
+try:
+    _published = _start()
+    if _published:
+        _subscribe(_published)
+except Exception as e:      # the daemon serves its app without a relay
+    _say("no relay in this daemon process: %r" % (e,))
