@@ -7,6 +7,8 @@ APXS       ?= apxs
 MODULE_SO  := target/release/libmod_amqp_heartbeat.so
 MODULE     := target/mod_amqp_heartbeat.so
 PYTHON     := /usr/bin/python3
+# What a WSGIImportScript line names to give a mod_wsgi daemon its relay.
+DAEMON_SCRIPT := /usr/share/mod-amqp-heartbeat/amqp_heartbeat_daemon.py
 
 .PHONY: all build install deb deps test test-unit test-relay test-httpd test-e2e demo bench lint clean
 
@@ -27,6 +29,7 @@ install: build
 	install -D -m 644 $(MODULE) $(DESTDIR)$$($(APXS) -q LIBEXECDIR)/mod_amqp_heartbeat.so
 	install -D -m 644 apache/amqp_heartbeat.load $(DESTDIR)/etc/apache2/mods-available/amqp_heartbeat.load
 	install -D -m 644 apache/amqp_heartbeat.conf $(DESTDIR)/etc/apache2/mods-available/amqp_heartbeat.conf
+	install -D -m 644 apache/amqp_heartbeat_daemon.py $(DESTDIR)$(DAEMON_SCRIPT)
 
 # The Debian package, in target/deb/ (scripts/build-deb.sh says how).
 deb:
@@ -42,8 +45,10 @@ lint:
 test: deps
 	scripts/test.sh
 
+# DEMO_MODE=daemon: the apps in mod_wsgi daemon processes (WSGIDaemonProcess).
+DEMO_MODE ?= embedded
 demo: deps build
-	$(PYTHON) demo/demo.py
+	$(PYTHON) demo/demo.py --mode=$(DEMO_MODE)
 
 bench: deps build
 	scripts/bench.sh

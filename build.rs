@@ -1,6 +1,7 @@
 //! Build script: bindgen over the httpd/APR headers the Apache layer uses,
 //! cc for the C shim in `apache/`, and a linker version script so the
-//! cdylib exports only the module record httpd looks up.
+//! cdylib exports only the module record httpd looks up (and the mod_wsgi
+//! daemon entry points).
 //!
 //! Header locations come from `apxs -q INCLUDEDIR` and
 //! `apr-1-config --includes` (override the tools with `APXS` and
@@ -12,8 +13,14 @@ use std::process::Command;
 
 const SHIM: &str = "apache/mod_amqp_heartbeat.c";
 
-/// The only dynamic symbol of the module: what `LoadModule` resolves.
-const MODULE_SYMBOL: &str = "amqp_heartbeat_module";
+/// The dynamic symbols of the module: what `LoadModule` resolves, and the
+/// entry points a mod_wsgi daemon process calls through ctypes
+/// (src/apache/daemon.rs, apache/amqp_heartbeat_daemon.py).
+const EXPORTED_SYMBOLS: &[&str] = &[
+    "amqp_heartbeat_module",
+    "amqp_heartbeat_daemon_start",
+    "amqp_heartbeat_daemon_stop",
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -100,15 +107,15 @@ fn generate_bindings(headers: &Headers, out_dir: &Path) {
     let mut builder = bindgen::Builder::default()
         .header_contents(
             "amqphb_bindings.h",
-            "#include <httpd.h>\n#include <http_config.h>\n#include <http_log.h>\n\
+            "#include <httpd.h>\n#include <http_config.h>\n#include <http_log.h>\n#include <http_main.h>\n\
              #include <apr_pools.h>\n#include <apr_strings.h>\n#include <apr_tables.h>\n",
         )
         .clang_args(headers.include_dirs.iter().map(|d| format!("-I{}", d.display())))
         .clang_args(headers.defines.iter().cloned())
         // Only what src/apache uses.
         .allowlist_type("server_rec|request_rec|cmd_parms|ap_directive_t|apr_pool_t|apr_table_t|apr_status_t")
-        .allowlist_function("apr_table_set|apr_pstrdup|apr_pool_cleanup_register|apr_pool_cleanup_null")
-        .allowlist_var("APLOG_(EMERG|ALERT|CRIT|ERR|WARNING|NOTICE|INFO|DEBUG)|OK|DECLINED|HTTP_INTERNAL_SERVER_ERROR")
+        .allowlist_function("apr_table_set|apr_table_get|apr_pstrdup|apr_pool_cleanup_register|apr_pool_cleanup_null")
+        .allowlist_var("APLOG_(EMERG|ALERT|CRIT|ERR|WARNING|NOTICE|INFO|DEBUG)|OK|DECLINED|HTTP_INTERNAL_SERVER_ERROR|ap_conftree|ap_server_conf")
         // Kept by value in server_rec; its fields are not needed.
         .opaque_type("ap_logconf")
         .layout_tests(false)
@@ -149,7 +156,8 @@ fn compile_shim(headers: &Headers) {
     build.compile("amqphb_shim");
 }
 
-/// Export only the module record httpd's `LoadModule` looks up. rustc's own
+/// Export only the module record httpd's `LoadModule` looks up and the
+/// daemon entry points. rustc's own
 /// version script hides the C object's symbols but exports every
 /// `#[no_mangle]` Rust function (our `amqphb_*` entries, which only the shim
 /// calls); this second script makes the record global and names those
@@ -166,7 +174,8 @@ fn restrict_exports(out_dir: &Path) {
     }
     let path = out_dir.join("exports.map");
     let script = format!(
-        "{{\n  global: {MODULE_SYMBOL};\n  local: {};\n    *;\n}};\n",
+        "{{\n  global: {};\n  local: {};\n    *;\n}};\n",
+        EXPORTED_SYMBOLS.join(";\n    "),
         entries.join(";\n    ")
     );
     std::fs::write(&path, script)

@@ -37,7 +37,8 @@ enum amqphb_directive_index {
     AMQPHB_CONNECT_TIMEOUT = 2,
     AMQPHB_ENV = 3,
     AMQPHB_MAX_CONNECTIONS = 4,
-    AMQPHB_TLS_CA_CERTIFICATE_FILE = 5
+    AMQPHB_TLS_CA_CERTIFICATE_FILE = 5,
+    AMQPHB_CHILD_RELAY = 6
 };
 
 void amqphb_log(const server_rec *s, int level, const char *msg)
@@ -77,6 +78,18 @@ static const char *set_take12(cmd_parms *cmd, void *dummy, const char *arg1,
                             arg2 ? 2 : 1, argv);
 }
 
+/* A process-wide switch: refused inside <VirtualHost> and other sections. */
+static const char *set_global_flag(cmd_parms *cmd, void *dummy, int flag)
+{
+    const char *argv[1];
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    (void)dummy;
+    if (err != NULL)
+        return err;
+    argv[0] = flag ? "On" : "Off";
+    return amqphb_directive(cmd, (unsigned)(size_t)cmd->info, 1, argv);
+}
+
 #define DIRECTIVE_INFO(index) ((void *)(size_t)(index))
 
 static const command_rec amqphb_cmds[] = {
@@ -104,6 +117,10 @@ static const command_rec amqphb_cmds[] = {
     AP_INIT_TAKE1("AMQPHeartbeatTLSCACertificateFile", set_take1,
         DIRECTIVE_INFO(AMQPHB_TLS_CA_CERTIFICATE_FILE), RSRC_CONF,
         "PATH: PEM CA bundle for amqps:// brokers (default: system roots)"),
+    AP_INIT_FLAG("AMQPHeartbeatChildRelay", set_global_flag,
+        DIRECTIVE_INFO(AMQPHB_CHILD_RELAY), RSRC_CONF,
+        "On|Off: whether httpd's own children run a relay (default On); "
+        "Off when only mod_wsgi daemon processes host the apps"),
     { NULL }
 };
 

@@ -14,12 +14,19 @@ mod_wsgi embedded) serving the same eventlet + oslo.messaging notifier app
 
 One request to each, a minute of idle time with the broker's view of both
 connections every few seconds, a second request to each, a verdict table.
+
+`--mode=daemon` (`make demo DEMO_MODE=daemon`): the same, with each app in its
+own mod_wsgi daemon process (WSGIDaemonProcess processes=1 threads=1, as
+nova-api is deployed); the module's gets its relay from the one
+WSGIImportScript line of apache/amqp_heartbeat_daemon.py, and
+AMQPHeartbeatChildRelay Off leaves httpd's own child without one.
 Everything is private, on loopback, and stopped at the end (also on Ctrl-C
 or a failure). Exit status 1 when the module's connection did not survive.
 
 Run with Debian's /usr/bin/python3 after `make` (make demo does both).
 """
 
+import argparse
 import os
 import shutil
 import signal
@@ -44,6 +51,8 @@ RELAY_INTERVAL = 2      # AMQPHeartbeatInterval
 IDLE = 60               # seconds without requests
 TICK = 5                # seconds between looks at the broker
 VARIANTS = ("direct", "module")
+DAEMON_SCRIPT = os.path.join(REPO, "apache", "amqp_heartbeat_daemon.py")
+SETUP = ["one prefork child"]      # what runs the apps, for the verdict
 
 T0 = time.time()
 
@@ -77,14 +86,30 @@ def check_deps():
         raise Failure("cannot run the demo:\n  " + "\n  ".join(missing) + "\n(`make demo` installs and builds)")
 
 
-def httpd_body(workdir, node, module_port):
+def daemon_lines(daemon):
+    """With `daemon`, each app in its own WSGIDaemonProcess; the module's
+    gets a relay by the WSGIImportScript line."""
+    if not daemon:
+        return {"head": "", "direct": "", "module": ""}
+    return {
+        "head": "AMQPHeartbeatChildRelay Off\n"
+                "WSGIDaemonProcess direct processes=1 threads=1\n"
+                "WSGIDaemonProcess module processes=1 threads=1\n"
+                "WSGIImportScript %s process-group=module application-group=%%{GLOBAL}\n" % DAEMON_SCRIPT,
+        "direct": "    WSGIProcessGroup direct\n    WSGIApplicationGroup %{GLOBAL}\n",
+        "module": "    WSGIProcessGroup module\n    WSGIApplicationGroup %{GLOBAL}\n",
+    }
+
+
+def httpd_body(workdir, node, module_port, daemon=False):
     """Two port-based vhosts: the main Listen port is direct, a second
     Listen port goes through the module."""
     direct_conf = stack.write_oslo_conf(os.path.join(workdir, "oslo-direct.conf"), BROKER_HEARTBEAT,
                                         transport_url=node.url)
     module_conf = stack.write_oslo_conf(os.path.join(workdir, "oslo-module.conf"), 0)
     app = os.path.join(DEMO, "app.wsgi")
-    return """
+    d = daemon_lines(daemon)
+    return d["head"] + """
 Listen 127.0.0.1:{mport}
 <Directory {demo}>
     Require all granted
@@ -95,7 +120,7 @@ Listen 127.0.0.1:{mport}
     SetEnv DEMO_VARIANT direct
     SetEnv DEMO_OSLO_CONF {direct_conf}
     SetEnv DEMO_USE_ENV 0
-</VirtualHost>
+{direct_daemon}</VirtualHost>
 <VirtualHost 127.0.0.1:{mport}>
     ServerName module.demo
     WSGIScriptAlias / {app}
@@ -105,9 +130,9 @@ Listen 127.0.0.1:{mport}
     AMQPHeartbeatBroker {broker}
     AMQPHeartbeatInterval {interval}
     AMQPHeartbeatEnv OS_DEFAULT__TRANSPORT_URL rabbit
-</VirtualHost>
+{module_daemon}</VirtualHost>
 """.format(mport=module_port, demo=DEMO, app=app, direct_conf=direct_conf, module_conf=module_conf,
-           broker=node.url, interval=RELAY_INTERVAL)
+           broker=node.url, interval=RELAY_INTERVAL, direct_daemon=d["direct"], module_daemon=d["module"])
 
 
 class Variant:
@@ -247,7 +272,7 @@ def verdict(node, direct, module):
         ("second request", second_cell(d2), second_cell(m2)),
     ]
     line()
-    line("Verdict (RabbitMQ heartbeat %d s, one prefork child, +N s = after request 1):" % BROKER_HEARTBEAT)
+    line("Verdict (RabbitMQ heartbeat %d s, %s, +N s = after request 1):" % (BROKER_HEARTBEAT, SETUP[0]))
     line()
     w0, w1, w2 = 24, 36, 38
     line("  %-*s  %-*s  %s" % (w0, "", w1, "direct to RabbitMQ", "through mod_amqp_heartbeat"))
@@ -275,16 +300,31 @@ def verdict(node, direct, module):
 
 
 def main():
+    parser = argparse.ArgumentParser(description="mod_amqp_heartbeat demo")
+    parser.add_argument("--mode", choices=("embedded", "daemon"), default="embedded",
+                        help="mod_wsgi embedded (default) or daemon mode (WSGIDaemonProcess)")
+    daemon = parser.parse_args().mode == "daemon"
     check_deps()
     workdir = tempfile.mkdtemp(prefix="amqphb-demo-")
     os.chmod(workdir, 0o755)   # httpd children (www-data) read the configs
     node = httpd = None
     ok = False
-    line("mod_amqp_heartbeat demo: one prefork httpd child, mod_wsgi embedded, the same")
-    line("eventlet + oslo.messaging notifier app (demo/app.wsgi) served twice:")
+    where = "child"
+    if daemon:
+        where = "daemon process"
+        SETUP[0] = "one daemon process per app"
+        line("mod_amqp_heartbeat demo: one prefork httpd child, mod_wsgi DAEMON mode: each app in its")
+        line("own WSGIDaemonProcess (processes=1 threads=1), the same eventlet + oslo.messaging")
+        line("notifier app (demo/app.wsgi) served twice:")
+    else:
+        line("mod_amqp_heartbeat demo: one prefork httpd child, mod_wsgi embedded, the same")
+        line("eventlet + oslo.messaging notifier app (demo/app.wsgi) served twice:")
     line("  direct  the app talks to RabbitMQ itself (heartbeat_timeout_threshold %d)" % BROKER_HEARTBEAT)
-    line("  module  the app talks to the relay the module runs in the same child; transport_url")
+    line("  module  the app talks to the relay the module runs in the same %s; transport_url" % where)
     line("          from OS_DEFAULT__TRANSPORT_URL, client heartbeat 0, relay heartbeat %d s" % RELAY_INTERVAL)
+    if daemon:
+        line("          (its relay: WSGIImportScript %s" % os.path.relpath(DAEMON_SCRIPT, REPO))
+        line("           process-group=module application-group=%{GLOBAL})")
     line("It takes about two minutes; Ctrl-C stops everything.")
     line()
     try:
@@ -297,12 +337,12 @@ def main():
 
         module_port = ports.free_port()
         httpd = Httpd(os.path.join(workdir, "httpd"), "", servers=1, wsgi=True, amqp=True)
-        httpd.body = httpd_body(workdir, node, module_port)
+        httpd.body = httpd_body(workdir, node, module_port, daemon)
         httpd.write_config()
         say("starting httpd (prefork, 1 child): direct on 127.0.0.1:%d, module on 127.0.0.1:%d ..."
             % (httpd.port, module_port))
         httpd.start()
-        say("httpd is up: parent pid %d, child pid %s" % (httpd.parent_pid, httpd.children()))
+        say("httpd is up: parent pid %d, child and daemon pids %s" % (httpd.parent_pid, httpd.children()))
 
         direct, module = Variant("direct", httpd.port), Variant("module", module_port)
         variants = [direct, module]

@@ -28,6 +28,7 @@ pub enum Directive {
     Env = 3,
     MaxConnections = 4,
     TlsCaCertificateFile = 5,
+    ChildRelay = 6,
 }
 
 impl Directive {
@@ -39,6 +40,7 @@ impl Directive {
             3 => Directive::Env,
             4 => Directive::MaxConnections,
             5 => Directive::TlsCaCertificateFile,
+            6 => Directive::ChildRelay,
             _ => return None,
         })
     }
@@ -51,6 +53,7 @@ impl Directive {
             Directive::Env => "AMQPHeartbeatEnv",
             Directive::MaxConnections => "AMQPHeartbeatMaxConnections",
             Directive::TlsCaCertificateFile => "AMQPHeartbeatTLSCACertificateFile",
+            Directive::ChildRelay => "AMQPHeartbeatChildRelay",
         }
     }
 }
@@ -104,6 +107,10 @@ pub struct ServerConfig {
     pub env: Option<Vec<EnvExport>>,
     pub max_connections: Option<u32>,
     pub ca_bundle: Option<CaBundle>,
+    /// `AMQPHeartbeatChildRelay`: whether httpd's own (MPM) children start
+    /// a relay. Main server only (the shim refuses it in a vhost): it
+    /// decides for the whole process, not for one server.
+    pub child_relay: Option<bool>,
 }
 
 /// What one relay listener needs: the effective settings of a server that
@@ -183,6 +190,14 @@ impl ServerConfig {
                 let path = one_arg(name, args)?;
                 self.ca_bundle = Some(read_ca_bundle(path).map_err(|e| format!("{name}: {e}"))?);
             }
+            Directive::ChildRelay => {
+                let flag = one_arg(name, args)?;
+                self.child_relay = Some(match flag.to_ascii_lowercase().as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("{name}: '{flag}' is neither On nor Off")),
+                });
+            }
         }
         Ok(())
     }
@@ -197,6 +212,7 @@ impl ServerConfig {
             env: add.env.clone().or_else(|| base.env.clone()),
             max_connections: add.max_connections.or(base.max_connections),
             ca_bundle: add.ca_bundle.clone().or_else(|| base.ca_bundle.clone()),
+            child_relay: add.child_relay.or(base.child_relay),
         }
     }
 
@@ -216,6 +232,12 @@ impl ServerConfig {
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             ca_bundle: self.ca_bundle.clone(),
         })
+    }
+
+    /// Whether httpd's MPM children start a relay (read on the main
+    /// server); on unless `AMQPHeartbeatChildRelay Off`.
+    pub fn child_relay(&self) -> bool {
+        self.child_relay.unwrap_or(true)
     }
 
     /// The environment names this server publishes (the default when none
@@ -443,6 +465,25 @@ mod tests {
     }
 
     #[test]
+    fn child_relay_is_on_unless_turned_off() {
+        assert!(ServerConfig::default().child_relay());
+        let off = cfg(&[(Directive::ChildRelay, &["off"])]).unwrap();
+        assert!(!off.child_relay());
+        assert!(
+            cfg(&[(Directive::ChildRelay, &["On"])])
+                .unwrap()
+                .child_relay()
+        );
+        let err = cfg(&[(Directive::ChildRelay, &["maybe"])]).unwrap_err();
+        assert!(err.contains("AMQPHeartbeatChildRelay: 'maybe'"), "{err}");
+        // The flag is no relay setting: servers still share one listener.
+        let mut a = cfg(&[(Directive::Broker, &["amqp://a/"])]).unwrap();
+        let b = a.clone();
+        a.apply(Directive::ChildRelay, &["Off"]).unwrap();
+        assert_eq!(a.relay_settings(), b.relay_settings());
+    }
+
+    #[test]
     fn ca_file_without_certificates_is_refused() {
         let path = std::env::temp_dir().join(format!("amqphb-ca-test-{}.pem", std::process::id()));
         std::fs::write(&path, "not a certificate\n").unwrap();
@@ -554,7 +595,7 @@ mod tests {
         /// record as it was.
         #[test]
         fn any_directive_input_is_handled(
-            index in 0u32..6,
+            index in 0u32..7,
             args in proptest::collection::vec("[ -~]{0,40}|amqps?://[a-z0-9:@%./\\[\\]_-]{0,40}|[0-9]{0,6}", 0..4),
         ) {
             let directive = Directive::from_index(index).unwrap();

@@ -31,8 +31,9 @@
 //!   the registration; see relay::deadline for why not tokio's timers) and
 //!   `SO_RCVLOWAT`.
 //! - `apache` (with `os`, the only `unsafe` code): bindgen bindings, the directive
-//!   handlers, the hooks (check_config, child_init, fixups) and the bridge
-//!   from relay events to `ap_log_error`. The C shim in `apache/` holds the
+//!   handlers, the hooks (check_config, child_init, fixups), the entry
+//!   points a mod_wsgi daemon process calls to get its own relay, and the
+//!   bridge from relay events to `ap_log_error`. The C shim in `apache/` holds the
 //!   module record, the command table and the varargs log call.
 //!
 //! ```text

@@ -1,7 +1,8 @@
 //! The relay's life in one httpd child: `child_init` binds the listeners,
 //! publishes the URLs and starts the thread; a cleanup on the child pool,
 //! registered by a second, last `child_init`, stops it; `fixups` copies the
-//! URLs into each request's environment.
+//! URLs into each request's environment. [`start`] is shared with the
+//! mod_wsgi daemon entry point (`daemon.rs`).
 
 use super::bindings::{
     APLOG_DEBUG, APLOG_ERR, APLOG_INFO, APLOG_NOTICE, APLOG_WARNING, DECLINED, apr_pool_t,
@@ -9,10 +10,11 @@ use super::bindings::{
 };
 use super::check::describe;
 use super::ffi::{Server, boundary, c_string, pool_owned};
+use super::wsgi_routing::{Routing, config_tree, noted_daemon_group};
 use crate::config::{EnvExport, RelaySettings, published_url};
 use crate::relay::{EventLog, Level, RelayListener};
 use crate::relay_thread::{RelayThread, StopOutcome};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, c_int};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,8 +29,17 @@ const STOP_GRACE: Duration = Duration::from_millis(900);
 /// Written once in child_init, then only read, from any request thread.
 static PUBLISHED: OnceLock<HashMap<usize, Vec<(CString, CString)>>> = OnceLock::new();
 
+/// The servers ([`Server::key`]) whose mod_wsgi requests go to daemon
+/// processes: their requests get no URL from this process (see
+/// wsgi_routing.rs).
+static DAEMON_ROUTED: OnceLock<HashSet<usize>> = OnceLock::new();
+
+/// The (NAME, URL) pairs this process published in its environment, once
+/// [`start`] ran here.
+static ENVIRONMENT: OnceLock<Vec<(String, String)>> = OnceLock::new();
+
 /// The started relay, from the first child_init to the last one, which
-/// hands it to the child pool.
+/// hands it to the child pool (or from [`start`] to the daemon entry).
 static STARTED: Mutex<Option<ChildRelay>> = Mutex::new(None);
 
 /// `child_init`, registered APR_HOOK_REALLY_FIRST: runs in the new child,
@@ -44,10 +55,41 @@ pub unsafe extern "C" fn amqphb_child_init(_pchild: *mut apr_pool_t, s: *mut ser
     let main = unsafe { Server::from_raw(s) };
     // A panic leaves the child without a relay but serving.
     boundary("child_init", main, (), || {
+        if main.config().is_some_and(|c| !c.core.child_relay()) {
+            main.log(
+                APLOG_DEBUG,
+                "AMQPHeartbeatChildRelay Off: no relay in this child",
+            );
+            return;
+        }
         // SAFETY: httpd runs this hook first among the child_init hooks,
         // before the child starts any other thread.
-        unsafe { start(main) }
+        if unsafe { start(main, true) }.is_some() {
+            note_daemon_routed(main);
+        }
     });
+}
+
+/// Fill [`DAEMON_ROUTED`] for `fixups`, from httpd's configuration tree.
+fn note_daemon_routed(main: Server) {
+    let routing = Routing::from_tree(&config_tree());
+    let routed = main
+        .all()
+        .into_iter()
+        .filter(|s| s.config().is_some_and(|c| c.core.brokers.is_some()))
+        .filter(|s| routing.routes(s.defined_at().filter(|_| s.is_virtual()).as_deref()))
+        .map(|s| {
+            s.log(
+                APLOG_DEBUG,
+                &format!(
+                    "{}: mod_wsgi hands its requests to daemon processes (WSGIProcessGroup); no relay URL in their environment from this child",
+                    describe(s)
+                ),
+            );
+            s.key()
+        })
+        .collect();
+    let _ = DAEMON_ROUTED.set(routed);
 }
 
 /// `child_init`, registered APR_HOOK_REALLY_LAST: attach the relay started
@@ -70,8 +112,7 @@ pub unsafe extern "C" fn amqphb_child_init_last(pchild: *mut apr_pool_t, s: *mut
     // SAFETY: NULL or the main server (contract above).
     let main = unsafe { Server::from_raw(s) };
     boundary("child_init (last)", main, (), || {
-        let started = STARTED.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(relay) = started else {
+        let Some(relay) = take_started() else {
             return;
         };
         // SAFETY: the child's pool (contract above). The relay is stopped
@@ -87,7 +128,8 @@ pub unsafe extern "C" fn amqphb_child_init_last(pchild: *mut apr_pool_t, s: *mut
 
 /// `fixups`: the request's server publishes its relay URL(s) in
 /// `subprocess_env` too (what CGI-style interfaces, mod_wsgi's environ and
-/// PHP's `$_SERVER` read). Always DECLINED.
+/// PHP's `$_SERVER` read), unless mod_wsgi will ship the request to a
+/// daemon process, which cannot use this child's relay. Always DECLINED.
 ///
 /// # Safety
 /// `r` is NULL or the live request being processed.
@@ -104,7 +146,12 @@ pub unsafe extern "C" fn amqphb_fixups(r: *mut request_rec) -> c_int {
         let Some(exports) = PUBLISHED.get().and_then(|p| p.get(&server.key())) else {
             return declined;
         };
-        if request.subprocess_env.is_null() {
+        if request.subprocess_env.is_null()
+            || DAEMON_ROUTED
+                .get()
+                .is_some_and(|r| r.contains(&server.key()))
+            || noted_daemon_group(request)
+        {
             return declined;
         }
         for (name, url) in exports {
@@ -133,12 +180,15 @@ struct Group {
     server: Server,
 }
 
-/// Body of child_init.
+/// Body of child_init (and of the daemon entry point): bind, publish,
+/// start the thread and leave it in [`STARTED`]. Returns `None` when no
+/// server names a broker (nothing done), else the (NAME, URL) pairs put in
+/// the process environment (empty when no listener could be bound).
 ///
 /// # Safety
-/// Only from the first child_init, while this process has a single thread
-/// (it calls setenv).
-unsafe fn start(main: Server) {
+/// With `set_environment`, only while this process has a single thread (it
+/// calls setenv). Once per process.
+pub(super) unsafe fn start(main: Server, set_environment: bool) -> Option<Vec<(String, String)>> {
     let servers: Vec<RelayServer> = main
         .all()
         .into_iter()
@@ -154,7 +204,7 @@ unsafe fn start(main: Server) {
         .collect();
     if servers.is_empty() {
         // No server names a broker: no thread, no environment.
-        return;
+        return None;
     }
 
     let mut groups: Vec<Group> = Vec::new();
@@ -183,14 +233,17 @@ unsafe fn start(main: Server) {
         );
     }
 
-    for (name, url) in &environment {
+    for (name, url) in environment.iter().filter(|_| set_environment) {
         // SAFETY: setenv is only sound while no other thread may read or
         // write the environment. This hook runs first among child_init hooks
         // in a child that has a single thread: prefork never has more, event
         // starts its workers after child_init, no other module's child_init
         // has run yet, and the relay thread is started below, after this.
+        // The daemon entry passes set_environment only when it counted one
+        // thread in the process.
         unsafe { std::env::set_var(name, url) };
     }
+    let _ = ENVIRONMENT.set(environment.clone());
     if PUBLISHED.set(published).is_err() {
         main.log(
             APLOG_WARNING,
@@ -207,7 +260,7 @@ unsafe fn start(main: Server) {
         }
     }
     if listeners.is_empty() {
-        return;
+        return Some(environment);
     }
     let count = listeners.len();
     let muted = Arc::new(AtomicBool::new(false));
@@ -232,6 +285,17 @@ unsafe fn start(main: Server) {
             &format!("{e}; this child serves requests without a relay (connections to its URL are refused)"),
         ),
     }
+    Some(environment)
+}
+
+/// What [`start`] published in this process, if it ran here.
+pub(super) fn published_environment() -> Option<&'static [(String, String)]> {
+    ENVIRONMENT.get().map(Vec::as_slice)
+}
+
+/// The relay [`start`] left behind, for its owner.
+pub(super) fn take_started() -> Option<ChildRelay> {
+    STARTED.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 /// Bind the listener for `relay_server`'s settings; failure is logged and
@@ -342,8 +406,9 @@ impl EventLog for ApacheLog {
     }
 }
 
-/// Owned by the child pool; dropping it (the pool cleanup) stops the relay.
-struct ChildRelay {
+/// Owned by the child pool (or the daemon entry); dropping it stops the
+/// relay.
+pub(super) struct ChildRelay {
     thread: Option<RelayThread>,
     main: Server,
     muted: Arc<AtomicBool>,

@@ -12,6 +12,11 @@
 //! - [`child`]: `child_init` binds the loopback listeners, publishes the
 //!   relay URLs (process environment, then per request in `fixups`), starts
 //!   the relay thread and registers its stop on the child pool.
+//! - [`daemon`]: the entry points a mod_wsgi daemon process calls (through
+//!   `apache/amqp_heartbeat_daemon.py`) to start and stop its own relay
+//!   with [`child`]'s start.
+//! - [`wsgi_routing`]: which requests mod_wsgi ships to a daemon process
+//!   (they get no URL from the child, see `fixups`).
 //! - [`ffi`]: the small helpers every entry uses: the panic boundary, C
 //!   strings, the `server_rec` handle and the log bridge.
 //!
@@ -21,5 +26,7 @@
 mod bindings;
 mod check;
 mod child;
+mod daemon;
 mod ffi;
 mod server_config;
+mod wsgi_routing;

@@ -11,9 +11,11 @@ import glob
 import json
 import os
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 E2E = os.path.dirname(os.path.abspath(__file__))
 APPS = os.path.join(E2E, "apps")
@@ -39,15 +41,17 @@ def directory_block():
     return "<Directory %s>\n    Require all granted\n</Directory>\n" % APPS
 
 
-def vhost(name, app, setenv=None, group=None, module=None):
+def vhost(name, app, setenv=None, group=None, module=None, daemon=None):
     """A name-based <VirtualHost *:@PORT@> (ServerName NAME) serving
-    apps/APP with mod_wsgi embedded. setenv: SetEnv for the app. group:
-    WSGIApplicationGroup. module: the AMQPHeartbeat* lines (None: the module
-    is off for this vhost)."""
+    apps/APP with mod_wsgi, embedded or in WSGIProcessGroup `daemon`.
+    setenv: SetEnv for the app. group: WSGIApplicationGroup. module: the
+    AMQPHeartbeat* lines (None: the module is off for this vhost)."""
     lines = ["<VirtualHost *:@PORT@>", "    ServerName %s.e2e" % name,
              "    WSGIScriptAlias / %s" % os.path.join(APPS, app)]
     if group:
         lines.append("    WSGIApplicationGroup %s" % group)
+    if daemon:
+        lines.append("    WSGIProcessGroup %s" % daemon)
     for k, v in (setenv or {}).items():
         lines.append("    SetEnv %s %s" % (k, v))
     for line in module or ():
@@ -81,15 +85,16 @@ def write_oslo_conf(path, heartbeat, transport_url=None, extra=""):
     return path
 
 
-def oslo_vhost(name, data_dir, conf, direct, group=None, broker_url=None, notify_retry=None):
+def oslo_vhost(name, data_dir, conf, direct, group=None, broker_url=None, notify_retry=None, daemon=None):
     """The oslo app: direct (transport_url in its config file, env ignored)
-    or through the module (transport_url from OS_DEFAULT__TRANSPORT_URL)."""
+    or through the module (transport_url from OS_DEFAULT__TRANSPORT_URL);
+    daemon: its WSGIProcessGroup."""
     setenv = {"E2E_VARIANT": name, "E2E_OSLO_CONF": conf, "E2E_OSLO_ENV": "0" if direct else "1",
               "E2E_LOG": os.path.join(data_dir, "app.log")}
     if notify_retry is not None:
         setenv["E2E_NOTIFY_RETRY"] = str(notify_retry)
     module = None if direct else module_lines(broker_url, "OS_DEFAULT__TRANSPORT_URL", "rabbit")
-    return vhost(name, "oslo_app.wsgi", setenv, group, module)
+    return vhost(name, "oslo_app.wsgi", setenv, group, module, daemon)
 
 
 def kombu_vhost(name, data_dir, direct, broker_url, group=None):
@@ -122,6 +127,22 @@ def get_json(httpd, path, host, timeout=120.0):
         return status, json.loads(text)
     except ValueError:
         return status, {"error": text[:2000]}
+
+
+def hit_all(httpd, path, host, n, timeout=120.0):
+    """Concurrent GETs until n distinct pids answered (path should hold
+    the request a little, so one process cannot take the whole batch):
+    {pid: answer}. Any non-200 answer fails."""
+    seen = {}
+    deadline = time.time() + timeout
+    with ThreadPoolExecutor(n) as pool:
+        while len(seen) < n:
+            assert time.time() < deadline, "only pids %s answered %s" % (sorted(seen), host)
+            for status, body in pool.map(lambda _: get_json(httpd, path, host), range(n)):
+                base = httpd if isinstance(httpd, str) else httpd.error_log_tail()
+                assert status == 200, "%s: %s\n%s" % (host, body, base)
+                seen.setdefault(body["pid"], body)
+    return seen
 
 
 # ---------------------------------------------------------------- broker
@@ -257,6 +278,41 @@ class Timeline:
             elif seen:
                 return t
         return None
+
+
+# After a SIGKILL: how long the other upstreams are watched, and the bound
+# for the victim's to go (the kernel closes its sockets; the broker sees the
+# FIN at once unless the machine is very busy).
+KILL_WATCH = 6
+KILL_BOUND = 20
+
+
+class KillWatch:
+    """SIGKILL `pid` and watch the broker's connections for at least
+    KILL_WATCH s, and until `victim_ports` are gone (at most KILL_BOUND s)."""
+
+    def __init__(self, node, pid, victim_ports):
+        self.pid = pid
+        self.victim_ports = set(victim_ports)
+        os.kill(pid, signal.SIGKILL)
+        self.killed_at = time.time()
+        self.polls = []    # (time, set of peer ports)
+        while True:
+            ports = {r["peer_port"] for r in connections(node)}
+            self.polls.append((time.time(), ports))
+            waited = time.time() - self.killed_at
+            if waited >= KILL_BOUND or (waited >= KILL_WATCH and not self.victim_ports & ports):
+                return
+            time.sleep(0.5)
+
+    def check(self, others):
+        """Assert: the victim's upstreams went, none of `others` did."""
+        last_t, last = self.polls[-1]
+        assert not self.victim_ports & last, "%d's upstreams %s are still open after %.0f s" % (
+            self.pid, self.victim_ports & last, last_t - self.killed_at)
+        for t, ports in self.polls:
+            assert set(others) <= ports, "after killing %d, %s went too (+%.1f s)" % (
+                self.pid, set(others) - ports, t - self.killed_at)
 
 
 def wait_until(deadline, step, poll):

@@ -11,10 +11,8 @@
 
 import os
 import re
-import signal
 import time
 import types
-from concurrent.futures import ThreadPoolExecutor
 
 from harness import procs
 from harness.httpd import Httpd
@@ -23,26 +21,8 @@ import stack
 from stack import RELAY_INTERVAL
 
 SERVERS = 3
-# After the SIGKILL: how long the other children's upstreams are watched,
-# and the bound for the victim's to go (the kernel closes its sockets; the
-# broker sees the FIN at once unless the machine is very busy).
-WATCH = 6
-KILL_BOUND = 20
 PATH = "/send?ops=notify&hold=1.5"
 URL_RX = re.compile(r"^rabbit://127\.0\.0\.1:(\d+)/$")
-
-
-def _hit_all(h, host):
-    """Concurrent requests until every child answered: {pid: answer}."""
-    seen = {}
-    deadline = time.time() + 120
-    with ThreadPoolExecutor(SERVERS) as pool:
-        while len(seen) < SERVERS:
-            assert time.time() < deadline, "only children %s answered %s" % (sorted(seen), host)
-            for status, body in pool.map(lambda _: stack.get_json(h, PATH, host), range(SERVERS)):
-                assert status == 200, "%s: %s\n%s" % (host, body, h.error_log_tail())
-                seen.setdefault(body["pid"], body)
-    return seen
 
 
 def _upstreams(node, answers):
@@ -71,28 +51,17 @@ def run_scenario(rabbit, module_dir):
     h.start()
     try:
         s.pids = h.children()
-        s.module = _hit_all(h, "oslo-module.e2e")
-        s.direct = _hit_all(h, "oslo-direct.e2e")
+        s.module = stack.hit_all(h, PATH, "oslo-module.e2e", SERVERS)
+        s.direct = stack.hit_all(h, PATH, "oslo-direct.e2e", SERVERS)
         s.module_up, rows = _upstreams(rabbit, s.module)
         s.direct_up, _ = _upstreams(rabbit, s.direct)
         s.rows = {r["peer_port"]: r for r in rows}
         s.owners = stack.socket_owners(s.pids)
 
-        # SIGKILL one child; watch the broker for at least WATCH s, and
-        # until the victim's connections are gone (at most KILL_BOUND s).
+        # SIGKILL one child.
         s.victim = sorted(s.module)[0]
         s.survivors = [p for p in sorted(s.module) if p != s.victim]
-        victim_ports = set(s.module_up[s.victim] + s.direct_up[s.victim])
-        os.kill(s.victim, signal.SIGKILL)
-        s.killed_at = time.time()
-        s.after_kill = []
-        while True:
-            ports = {r["peer_port"] for r in stack.connections(rabbit)}
-            s.after_kill.append((time.time(), ports))
-            waited = time.time() - s.killed_at
-            if waited >= KILL_BOUND or (waited >= WATCH and not victim_ports & ports):
-                break
-            time.sleep(0.5)
+        s.kill = stack.KillWatch(rabbit, s.victim, s.module_up[s.victim] + s.direct_up[s.victim])
 
         # graceful: the old generation exits, the relays close upstream.
         old = [p for p in h.children()]
@@ -117,7 +86,7 @@ def run_scenario(rabbit, module_dir):
 
 def _summarize(s):
     try:
-        kill_gone = [c["time"] - s.killed_at for c in s.closes if c["peer_port"] in s.module_up[s.victim]]
+        kill_gone = [c["time"] - s.kill.killed_at for c in s.closes if c["peer_port"] in s.module_up[s.victim]]
         stack.measure("children: %d relays, upstream peer ports %s; SIGKILL: upstream gone after %s; "
                       "graceful: old children gone in %.1fs" % (
                           len(s.module), {p: s.module_up[p] for p in sorted(s.module_up)},
@@ -155,14 +124,7 @@ def test_each_child_has_its_own_relay_and_upstream(scenario):
 
 def test_sigkill_closes_only_that_childs_upstreams(scenario):
     s = scenario
-    victim_ports = set(s.module_up[s.victim] + s.direct_up[s.victim])
-    others = {p for pid in s.survivors for p in s.module_up[pid] + s.direct_up[pid]}
-    last_t, last = s.after_kill[-1]
-    assert not victim_ports & last, "the killed child's upstreams %s are still open after %.0f s" % (
-        victim_ports & last, last_t - s.killed_at)
-    for t, ports in s.after_kill:
-        assert others <= ports, "after killing child %d, %s went too (+%.1f s)" % (
-            s.victim, others - ports, t - s.killed_at)
+    s.kill.check({p for pid in s.survivors for p in s.module_up[pid] + s.direct_up[pid]})
 
 
 def test_graceful_closes_upstreams_cleanly(scenario):

@@ -15,6 +15,7 @@ AMQPHeartbeatConnectTimeout 3
 AMQPHeartbeatMaxConnections 8
 AMQPHeartbeatEnv AMQP_HEARTBEAT_URL
 AMQPHeartbeatEnv OS_DEFAULT__TRANSPORT_URL rabbit
+AMQPHeartbeatChildRelay Off
 <VirtualHost 127.0.0.1:@PORT@>
     ServerName api.test
     AMQPHeartbeatBroker amqps://nova:s%40cret@localhost:5671/nova
@@ -63,6 +64,10 @@ BAD = [
      ["AMQPHeartbeatTLSCACertificateFile", "cannot read CA file"]),
     ("ca-no-certificate", "AMQPHeartbeatTLSCACertificateFile @NOTCERT@",
      ["AMQPHeartbeatTLSCACertificateFile", "holds no PEM certificate"]),
+    ("child-relay-value", "AMQPHeartbeatChildRelay maybe", ["AMQPHeartbeatChildRelay", "On or Off"]),
+    ("child-relay-in-vhost",
+     "<VirtualHost 127.0.0.1:@PORT@>\nServerName v.test\nAMQPHeartbeatChildRelay Off\n</VirtualHost>",
+     ["AMQPHeartbeatChildRelay", "cannot occur within <VirtualHost> section"]),
     ("bad-value-in-vhost",
      "<VirtualHost 127.0.0.1:@PORT@>\nServerName v.test\nAMQPHeartbeatInterval 0\n</VirtualHost>",
      ["AMQPHeartbeatInterval", "0 is out of range"]),
@@ -85,9 +90,10 @@ def _configtest(make_httpd, body):
     return h.configtest()
 
 
-def test_module_exports_its_record(module_so):
+def test_module_exports_its_record_and_the_daemon_entry_points_only(module_so):
     out = subprocess.run(["nm", "-D", "--defined-only", module_so], capture_output=True, text=True).stdout
-    assert " amqp_heartbeat_module" in out, "amqp_heartbeat_module is not exported by %s" % module_so
+    names = sorted(line.split()[-1] for line in out.splitlines() if line.strip())
+    assert names == ["amqp_heartbeat_daemon_start", "amqp_heartbeat_daemon_stop", "amqp_heartbeat_module"], out
 
 
 def test_good_config_main_server_and_vhost(module_so, make_httpd):
