@@ -43,6 +43,8 @@ AVAILABLE = "/etc/apache2/mods-available/"
 ENABLED = "/etc/apache2/mods-enabled/"
 CONFFILES = [AVAILABLE + MODULE + ".load", AVAILABLE + MODULE + ".conf"]
 DOC = "/usr/share/doc/" + PACKAGE
+# The script a mod_wsgi daemon group's WSGIImportScript names.
+DAEMON_SCRIPT = "/usr/share/mod-amqp-heartbeat/amqp_heartbeat_daemon.py"
 # apache2-maintscript-helper's record of who enabled/disabled the module.
 STATE_DIR = "/var/lib/apache2/module/"
 STATE = [STATE_DIR + d + "/" + MODULE
@@ -217,12 +219,14 @@ def test_depends_on_the_httpd_module_abi(deb):
 
 
 def test_packaged_module_is_the_release_build_exporting_only_its_record(deb, workdir):
-    """build.rs's version script: httpd's LoadModule symbol and nothing
-    else; dh_strip took the line tables to the -dbgsym package."""
+    """build.rs's version script: httpd's LoadModule symbol and the two
+    daemon-mode entry points, nothing else; dh_strip took the line tables
+    to the -dbgsym package."""
     run("dpkg-deb", "-x", deb, workdir)
     so = workdir + MODULE_SO
     exported = run("nm", "-D", "--defined-only", so).stdout.split()[2::3]
-    assert exported == ["amqp_heartbeat_module"], exported
+    assert sorted(exported) == ["amqp_heartbeat_daemon_start", "amqp_heartbeat_daemon_stop",
+                                "amqp_heartbeat_module"], exported
     assert ".debug_line" not in run("readelf", "-S", "-W", so).stdout
 
 
@@ -231,7 +235,7 @@ def test_install_enables_the_module_without_starting_apache2(system, deb):
     assert package_status().startswith("install ok installed"), package_status()
     files = run("dpkg", "-L", PACKAGE).stdout.split()
     for path in [MODULE_SO] + CONFFILES + [DOC + "/README.md.gz", DOC + "/copyright", DOC + "/changelog.gz",
-                                           DOC + "/examples/nova-api.conf"]:
+                                           DOC + "/examples/nova-api.conf", DAEMON_SCRIPT]:
         assert path in files and os.path.exists(path), path
     conffiles = run("dpkg-query", "-W", "-f", "${Conffiles}", PACKAGE).stdout.split()
     assert set(CONFFILES) <= set(conffiles), conffiles
@@ -328,7 +332,8 @@ def leftovers():
     """What of the package is on disk: its files and anything named after
     it where Debian keeps apache2 modules, their config, state and docs."""
     r = run("find", "/etc/apache2", "/usr/lib/apache2", "/usr/share/doc", "/var/lib/apache2",
-            "(", "-name", "*%s*" % MODULE, "-o", "-name", "*%s*" % PACKAGE, ")", check=False)
+            os.path.dirname(DAEMON_SCRIPT),
+            "(", "-name", "*%s*" % MODULE, "-o", "-name", "*amqp-heartbeat*", ")", check=False)
     return sorted(set(r.stdout.split()))
 
 

@@ -45,7 +45,7 @@ IDLE = 12 * RELAY_INTERVAL          # > 10 x relay interval, > 5 x DIRECT_HEARTB
 CPU_SECS = 20
 POLL = 2.0
 ENV = "OS_DEFAULT__TRANSPORT_URL"
-URL_RX = re.compile(r"^rabbit://guest:guest@127\.0\.0\.1:(\d+)/$")
+URL_RX = re.compile(r"^rabbit://127\.0\.0\.1:(\d+)/$")
 HOLD = "/send?ops=notify&hold=1.5"
 RELAY_THREAD = "amqp-heartbeat"
 
