@@ -23,6 +23,8 @@ mod broker_failures;
 mod closing;
 #[path = "relay/confirmed_delivery.rs"]
 mod confirmed_delivery;
+#[path = "relay/hostile_broker.rs"]
+mod hostile_broker;
 #[path = "relay/liveness.rs"]
 mod liveness;
 #[path = "relay/login.rs"]
@@ -135,6 +137,7 @@ fn parallel_trials() -> Vec<(&'static str, TestFn)> {
 /// for one (the direct control's "missed heartbeats") never saw it.
 fn alone_trials() -> Vec<(&'static str, TestFn)> {
     trial_list![
+        hostile_broker::garbage_after_a_bad_frame_is_not_buffered,
         liveness::connection_burst_does_not_stall_heartbeats,
         bad_input::random_client_bytes_never_hurt_the_relay,
     ]

@@ -368,20 +368,34 @@ pub enum CloseOkWait {
     Done,
     /// The broker sent its own Close: answer it with CloseOk, then done.
     AnswerCloseOk,
+    /// The broker's bytes are not frames (or announce one larger than any
+    /// the relay accepts): no CloseOk can come; stop reading now, so that
+    /// what such a broker sends never piles up (rule R10).
+    GiveUp,
 }
 
 /// Look through `inbuf` (consuming whole frames) for the end of the
 /// closing handshake.
+/// What is held is one partial frame of at most UNLIMITED_FRAME_MAX: the
+/// wait's memory is bounded by that, whatever the broker sends.
 pub fn close_ok_scan(inbuf: &mut BytesMut) -> CloseOkWait {
-    while let Scan::Frame(info) = scan(inbuf, UNLIMITED_FRAME_MAX) {
-        let frame = inbuf.split_to(info.len);
-        if info.kind == FRAME_METHOD && info.channel == 0 {
-            match methods::connection_method(info.payload(&frame)) {
-                Some(ConnectionMethod::CloseOk) => return CloseOkWait::Done,
-                Some(ConnectionMethod::Close) => return CloseOkWait::AnswerCloseOk,
-                _ => {}
+    loop {
+        match scan(inbuf, UNLIMITED_FRAME_MAX) {
+            Scan::Frame(info) => {
+                let frame = inbuf.split_to(info.len);
+                if info.kind == FRAME_METHOD && info.channel == 0 {
+                    match methods::connection_method(info.payload(&frame)) {
+                        Some(ConnectionMethod::CloseOk) => return CloseOkWait::Done,
+                        Some(ConnectionMethod::Close) => return CloseOkWait::AnswerCloseOk,
+                        _ => {}
+                    }
+                }
+            }
+            Scan::Incomplete => return CloseOkWait::More,
+            Scan::Invalid(_) => {
+                inbuf.clear();
+                return CloseOkWait::GiveUp;
             }
         }
     }
-    CloseOkWait::More
 }
