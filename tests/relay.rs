@@ -29,6 +29,8 @@ mod hostile_broker;
 mod liveness;
 #[path = "relay/login.rs"]
 mod login;
+#[path = "relay/panics.rs"]
+mod panics;
 #[path = "relay/quiet_upstream.rs"]
 mod quiet_upstream;
 #[path = "relay/tls.rs"]
@@ -116,6 +118,8 @@ fn parallel_trials() -> Vec<(&'static str, TestFn)> {
         liveness::slow_dials_do_not_delay_other_connections,
         login::configured_credentials_replace_the_clients,
         login::client_credentials_pass_through_without_configured_ones,
+        panics::a_panic_in_the_pump_closes_both_sides_with_541,
+        panics::a_panicking_acceptor_accepts_again,
         closing::client_close_is_clean,
         closing::broker_close_is_forwarded,
         closing::vanished_client_is_closed_upstream,

@@ -331,6 +331,36 @@ pub fn wrong_header(now: Instant) -> ClosePlan {
     }
 }
 
+/// The relay's own code panicked while serving the connection: whatever
+/// was queued is suspect and dropped; both sides get Connection.Close 541
+/// at once (the broker's CloseOk awaited), so the client reconnects and the
+/// broker logs a clean close.
+pub fn internal_error(panic: &str, now: Instant) -> ClosePlan {
+    let why = format!("internal error in the relay ({panic})");
+    ClosePlan {
+        kind: EndKind::Internal,
+        client: SideClose::finish(
+            VecDeque::new(),
+            Some(methods::close_frame(
+                INTERNAL_ERROR,
+                &format!("relay: {why}"),
+            )),
+        ),
+        broker: SideClose::Finish {
+            queue: VecDeque::new(),
+            close: Some(methods::close_frame(
+                INTERNAL_ERROR,
+                "relay: internal error",
+            )),
+            await_close_ok: true,
+            unread: BytesMut::new(),
+        },
+        deadline: now + CLOSE_TIMEOUT,
+        announce: Some((Side::Client, INTERNAL_ERROR, why.clone())),
+        summary: why,
+    }
+}
+
 /// A client the relay does not serve (refused, or no broker reachable):
 /// its socket is closed with a FIN, nothing said.
 pub fn close_client_silently(now: Instant) -> ClosePlan {
