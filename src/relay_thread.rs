@@ -120,11 +120,7 @@ fn supervise(
                 &format!("relay stopped with an error: {e}"),
             ),
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_string());
+                let what = crate::relay::panic_guard::message(panic.as_ref());
                 log.event(
                     0,
                     Level::Error,

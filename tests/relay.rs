@@ -23,10 +23,14 @@ mod broker_failures;
 mod closing;
 #[path = "relay/confirmed_delivery.rs"]
 mod confirmed_delivery;
+#[path = "relay/hostile_broker.rs"]
+mod hostile_broker;
 #[path = "relay/liveness.rs"]
 mod liveness;
 #[path = "relay/login.rs"]
 mod login;
+#[path = "relay/panics.rs"]
+mod panics;
 #[path = "relay/quiet_upstream.rs"]
 mod quiet_upstream;
 #[path = "relay/tls.rs"]
@@ -114,6 +118,8 @@ fn parallel_trials() -> Vec<(&'static str, TestFn)> {
         liveness::slow_dials_do_not_delay_other_connections,
         login::configured_credentials_replace_the_clients,
         login::client_credentials_pass_through_without_configured_ones,
+        panics::a_panic_in_the_pump_closes_both_sides_with_541,
+        panics::a_panicking_acceptor_accepts_again,
         closing::client_close_is_clean,
         closing::broker_close_is_forwarded,
         closing::vanished_client_is_closed_upstream,
@@ -135,6 +141,7 @@ fn parallel_trials() -> Vec<(&'static str, TestFn)> {
 /// for one (the direct control's "missed heartbeats") never saw it.
 fn alone_trials() -> Vec<(&'static str, TestFn)> {
     trial_list![
+        hostile_broker::garbage_after_a_bad_frame_is_not_buffered,
         liveness::connection_burst_does_not_stall_heartbeats,
         bad_input::random_client_bytes_never_hurt_the_relay,
     ]

@@ -125,6 +125,7 @@ async fn await_close_ok<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
                 broker.flush().await?;
                 return Ok(());
             }
+            CloseOkWait::GiveUp => return Ok(()),
             CloseOkWait::More => {}
         }
         inbuf.reserve(READ_MIN);

@@ -19,6 +19,7 @@ use crate::relay::deadline::Deadline;
 use crate::relay::frame::{CONNECTION_FORCED, PROTOCOL_HEADER};
 use crate::relay::io_buffers::{Direction, READ_MIN};
 use crate::relay::login::Credentials;
+use crate::relay::panic_guard;
 use crate::relay::quiet::QuietSocket;
 use crate::relay::refusal;
 use crate::relay::session::close_plan::{self, CLOSE_TIMEOUT, Ending};
@@ -174,11 +175,20 @@ pub async fn serve(
         quiet: dialed.plain_fd.map(QuietSocket::new),
     };
 
+    // A panic in the pump (the session's rules or the driver's I/O step)
+    // ends this connection only, and both sides are told (541): the
+    // sockets are still here to say it.
     let ending = tokio::select! {
-        e = poll_fn(|cx| pump.poll(cx)) => e,
-        grace = wait_shutdown(&mut shutdown) => Ending::Shutdown(grace),
+        e = poll_fn(|cx| match panic_guard::catch(|| pump.poll(cx)) {
+            Ok(poll) => poll.map(Ok),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }) => e,
+        grace = wait_shutdown(&mut shutdown) => Ok(Ending::Shutdown(grace)),
     };
-    let plan = pump.session.close(ending, Instant::now());
+    let plan = match ending {
+        Ok(ending) => pump.session.close(ending, Instant::now()),
+        Err(panic) => close_plan::internal_error(&panic, Instant::now()),
+    };
     if let Some(event) = plan.announcement(id) {
         ctx.log(&event);
     }

@@ -99,6 +99,16 @@ pub fn set_tune_heartbeat(payload: &mut [u8], heartbeat: u16) -> bool {
     true
 }
 
+/// Overwrite the frame-max field of a Tune/TuneOk payload in place.
+/// Returns false (and changes nothing) when the payload is not 12 bytes.
+pub fn set_tune_frame_max(payload: &mut [u8], frame_max: u32) -> bool {
+    if payload.len() != TUNE_LEN {
+        return false;
+    }
+    payload[FRAME_MAX_AT..FRAME_MAX_AT + 4].copy_from_slice(&frame_max.to_be_bytes());
+    true
+}
+
 /// Reply code and text of a Connection.Close payload, for the log.
 pub fn close_reason(payload: &[u8]) -> Option<(u16, String)> {
     match parse_class(payload) {

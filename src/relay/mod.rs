@@ -16,11 +16,14 @@ pub mod heartbeat;
 pub mod io_buffers;
 pub mod login;
 pub mod methods;
+pub mod panic_guard;
 pub mod peer;
 pub mod quiet;
 pub mod refusal;
 pub mod server;
 pub mod session;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 pub mod upstream;
 
 pub use session::events::Event;

@@ -5,6 +5,7 @@
 
 use crate::relay::closing;
 use crate::relay::driver::{self, ConnectionContext};
+use crate::relay::panic_guard::CatchPanic;
 use crate::relay::session::close_plan;
 use crate::relay::session::events::{Event, Refusal};
 use crate::relay::{EventLog, RelayListener, peer, refusal, upstream};
@@ -95,7 +96,7 @@ async fn serve_all(
             next_id: Arc::clone(&next_id),
             tracker: tracker.clone(),
         };
-        tracker.spawn(acceptor.run(shutdown.subscribe()));
+        tracker.spawn(acceptor.supervise(shutdown.subscribe()));
     }
     let mut stop = shutdown.subscribe();
     let grace = match stop.wait_for(|v| v.is_some()).await {
@@ -176,7 +177,28 @@ impl Acceptor {
         });
     }
 
-    async fn run(self, mut shutdown: watch::Receiver<Option<Duration>>) {
+    /// Run the accept loop; a panic in it is logged and the loop starts
+    /// again on the same socket, after a pause so that a panic at every
+    /// accept cannot spin (a dead acceptor would leave the published port
+    /// open with nobody accepting).
+    async fn supervise(self, shutdown: watch::Receiver<Option<Duration>>) {
+        loop {
+            let Err(message) = CatchPanic::new(self.run(shutdown.clone())).await else {
+                return;
+            };
+            if let Ok(local) = self.listener.local_addr() {
+                self.log
+                    .record(self.index, &Event::AcceptorPanicked { local, message });
+            }
+            let mut stop = shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stop.wait_for(|v| v.is_some()) => return,
+            }
+        }
+    }
+
+    async fn run(&self, mut shutdown: watch::Receiver<Option<Duration>>) {
         let local = match self.listener.local_addr() {
             Ok(a) => a,
             Err(e) => {
@@ -209,6 +231,10 @@ impl Acceptor {
                     continue;
                 }
             };
+            #[cfg(feature = "test-hooks")]
+            if crate::relay::test_hooks::acceptor_should_panic(local.port()) {
+                panic!("test-hooks: the acceptor was asked to panic");
+            }
             if let Some(reason) = self.refusal(peer, local) {
                 self.log.record(
                     self.index,
@@ -232,7 +258,13 @@ impl Acceptor {
             };
             let stop = shutdown.clone();
             self.tracker.spawn(async move {
-                driver::serve(stream, peer, ctx, stop).await;
+                let (id, listener, log) = (ctx.id, ctx.listener, Arc::clone(&ctx.log));
+                // A panic in the pump is handled inside (Close 541 both
+                // ways); one elsewhere in the connection's life ends here.
+                if let Err(message) = CatchPanic::new(driver::serve(stream, peer, ctx, stop)).await
+                {
+                    log.record(listener, &Event::ConnectionPanicked { id, message });
+                }
                 drop(guard);
             });
         }

@@ -227,15 +227,30 @@ impl Drop for Relay {
 
 /// Resident set size of this process, in bytes.
 pub fn rss_bytes() -> Result<usize, String> {
+    status_bytes("VmRSS:")
+}
+
+/// Peak resident set size of this process since the last
+/// [`reset_peak_rss`], in bytes.
+pub fn peak_rss_bytes() -> Result<usize, String> {
+    status_bytes("VmHWM:")
+}
+
+/// Start a new peak RSS measurement (Linux >= 4.0: "5" to clear_refs).
+pub fn reset_peak_rss() -> Result<(), String> {
+    std::fs::write("/proc/self/clear_refs", "5").map_err(|e| format!("/proc/self/clear_refs: {e}"))
+}
+
+fn status_bytes(field: &str) -> Result<usize, String> {
     let status = std::fs::read_to_string("/proc/self/status")
         .map_err(|e| format!("/proc/self/status: {e}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|kb| kb.parse::<usize>().ok())
         .map(|kb| kb * 1024)
-        .ok_or_else(|| "no VmRSS in /proc/self/status".to_string())
+        .ok_or_else(|| format!("no {field} in /proc/self/status"))
 }
 
 /// A loopback port nothing listens on.

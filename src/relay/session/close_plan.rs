@@ -331,6 +331,36 @@ pub fn wrong_header(now: Instant) -> ClosePlan {
     }
 }
 
+/// The relay's own code panicked while serving the connection: whatever
+/// was queued is suspect and dropped; both sides get Connection.Close 541
+/// at once (the broker's CloseOk awaited), so the client reconnects and the
+/// broker logs a clean close.
+pub fn internal_error(panic: &str, now: Instant) -> ClosePlan {
+    let why = format!("internal error in the relay ({panic})");
+    ClosePlan {
+        kind: EndKind::Internal,
+        client: SideClose::finish(
+            VecDeque::new(),
+            Some(methods::close_frame(
+                INTERNAL_ERROR,
+                &format!("relay: {why}"),
+            )),
+        ),
+        broker: SideClose::Finish {
+            queue: VecDeque::new(),
+            close: Some(methods::close_frame(
+                INTERNAL_ERROR,
+                "relay: internal error",
+            )),
+            await_close_ok: true,
+            unread: BytesMut::new(),
+        },
+        deadline: now + CLOSE_TIMEOUT,
+        announce: Some((Side::Client, INTERNAL_ERROR, why.clone())),
+        summary: why,
+    }
+}
+
 /// A client the relay does not serve (refused, or no broker reachable):
 /// its socket is closed with a FIN, nothing said.
 pub fn close_client_silently(now: Instant) -> ClosePlan {
@@ -368,20 +398,34 @@ pub enum CloseOkWait {
     Done,
     /// The broker sent its own Close: answer it with CloseOk, then done.
     AnswerCloseOk,
+    /// The broker's bytes are not frames (or announce one larger than any
+    /// the relay accepts): no CloseOk can come; stop reading now, so that
+    /// what such a broker sends never piles up (rule R10).
+    GiveUp,
 }
 
 /// Look through `inbuf` (consuming whole frames) for the end of the
 /// closing handshake.
+/// What is held is one partial frame of at most UNLIMITED_FRAME_MAX: the
+/// wait's memory is bounded by that, whatever the broker sends.
 pub fn close_ok_scan(inbuf: &mut BytesMut) -> CloseOkWait {
-    while let Scan::Frame(info) = scan(inbuf, UNLIMITED_FRAME_MAX) {
-        let frame = inbuf.split_to(info.len);
-        if info.kind == FRAME_METHOD && info.channel == 0 {
-            match methods::connection_method(info.payload(&frame)) {
-                Some(ConnectionMethod::CloseOk) => return CloseOkWait::Done,
-                Some(ConnectionMethod::Close) => return CloseOkWait::AnswerCloseOk,
-                _ => {}
+    loop {
+        match scan(inbuf, UNLIMITED_FRAME_MAX) {
+            Scan::Frame(info) => {
+                let frame = inbuf.split_to(info.len);
+                if info.kind == FRAME_METHOD && info.channel == 0 {
+                    match methods::connection_method(info.payload(&frame)) {
+                        Some(ConnectionMethod::CloseOk) => return CloseOkWait::Done,
+                        Some(ConnectionMethod::Close) => return CloseOkWait::AnswerCloseOk,
+                        _ => {}
+                    }
+                }
+            }
+            Scan::Incomplete => return CloseOkWait::More,
+            Scan::Invalid(_) => {
+                inbuf.clear();
+                return CloseOkWait::GiveUp;
             }
         }
     }
-    CloseOkWait::More
 }

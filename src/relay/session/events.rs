@@ -53,6 +53,8 @@ pub enum EndKind {
     Shutdown,
     /// The heartbeat timer failed.
     TimerFailed,
+    /// The relay's own code panicked while serving the connection.
+    Internal,
 }
 
 /// Why a listener refused a client.
@@ -148,6 +150,17 @@ pub enum Event {
     TlsUnavailable {
         error: String,
     },
+    /// A connection task panicked outside its pump (caught; its sockets
+    /// were dropped without a Close).
+    ConnectionPanicked {
+        id: u64,
+        message: String,
+    },
+    /// A listener's acceptor panicked (caught); it accepts again.
+    AcceptorPanicked {
+        local: SocketAddr,
+        message: String,
+    },
 }
 
 impl Event {
@@ -166,7 +179,9 @@ impl Event {
             | Event::DialFailed { .. }
             | Event::AcceptFailed { .. }
             | Event::ListenerUnusable { .. }
-            | Event::TlsUnavailable { .. } => Level::Error,
+            | Event::TlsUnavailable { .. }
+            | Event::ConnectionPanicked { .. }
+            | Event::AcceptorPanicked { .. } => Level::Error,
         }
     }
 
@@ -180,7 +195,8 @@ impl Event {
             | Event::DialFailed { id, .. }
             | Event::Relayed { id, .. }
             | Event::SentClose { id, .. }
-            | Event::Closed { id, .. } => Some(*id),
+            | Event::Closed { id, .. }
+            | Event::ConnectionPanicked { id, .. } => Some(*id),
             _ => None,
         }
     }
@@ -252,6 +268,14 @@ impl fmt::Display for Event {
             Event::TlsUnavailable { error } => {
                 write!(f, "{error}; amqps:// brokers of this listener will fail")
             }
+            Event::ConnectionPanicked { message, .. } => write!(
+                f,
+                "internal error in the relay ({message}); the connection's sockets were closed"
+            ),
+            Event::AcceptorPanicked { local, message } => write!(
+                f,
+                "internal error in the relay's acceptor on {local} ({message}); it accepts again"
+            ),
         }
     }
 }

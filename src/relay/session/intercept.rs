@@ -124,7 +124,7 @@ impl Session {
     }
 
     /// A channel-0 method from the broker: Tune's heartbeat offered to the
-    /// client as 0 (rule R2); Start's mechanisms kept when the relay logs
+    /// client as 0 and its frame_max capped at the relay's (rule R2); Start's mechanisms kept when the relay logs
     /// in (rule R14); Close and CloseOk noted for the close plan.
     fn broker_method(&mut self, range: Range<usize>) -> Result<Intercepted, Ending> {
         match methods::connection_method(&self.from_broker.inbuf[range.clone()]) {
@@ -140,11 +140,19 @@ impl Session {
             }
             Some(ConnectionMethod::Tune) => {
                 let payload = &mut self.from_broker.inbuf[range];
-                if !methods::set_tune_heartbeat(payload, 0) {
+                let Some(fields) = methods::tune_fields(payload) else {
                     return Err(Ending::BrokerSentBadFrame {
                         code: SYNTAX_ERROR,
                         text: "relay: malformed Connection.Tune".to_string(),
                     });
+                };
+                methods::set_tune_heartbeat(payload, 0);
+                // The client may not propose more than the relay accepts
+                // (0 is "no limit"), or its large frames would get Close
+                // 501 through the relay and work direct (rule R2).
+                let cap = UNLIMITED_FRAME_MAX as u32;
+                if fields.frame_max == 0 || fields.frame_max > cap {
+                    methods::set_tune_frame_max(payload, cap);
                 }
             }
             Some(ConnectionMethod::Close) => self.broker.saw_close(),

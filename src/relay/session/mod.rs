@@ -232,6 +232,11 @@ impl Session {
     /// never complete); the broker's, after this round's writes
     /// ([`Self::broker_ended`]).
     pub fn process(&mut self, side: Side, now: Instant) -> Result<(), Ending> {
+        #[cfg(feature = "test-hooks")]
+        if side == Side::Client && crate::relay::test_hooks::asks_for_panic(&self.from_client.inbuf)
+        {
+            panic!("test-hooks: the client asked the pump to panic");
+        }
         self.scan_frames(side, now)?;
         if side == Side::Client && self.client.at_eof() {
             return Err(Ending::ClientGone(None));

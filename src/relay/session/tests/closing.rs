@@ -219,6 +219,26 @@ fn r10_the_close_ok_wait_answers_a_close_and_skips_other_frames() {
     assert_eq!(close_ok_scan(&mut buf), CloseOkWait::AnswerCloseOk);
 }
 
+// R10: bytes that are not frames end the CloseOk wait at once, with
+// nothing kept, so a hostile broker cannot make the wait grow memory.
+#[test]
+fn r10_the_close_ok_wait_gives_up_on_bytes_that_are_not_frames() {
+    // A frame of an unknown type, then zeros (what a hostile broker sent).
+    let mut buf = BytesMut::from(&[9u8, 0, 0, 0, 0, 0, 0][..]);
+    buf.extend_from_slice(&[0u8; 4096]);
+    assert_eq!(close_ok_scan(&mut buf), CloseOkWait::GiveUp);
+    assert!(buf.is_empty());
+    // Zeros after a skipped frame.
+    let mut buf = BytesMut::from(&frame(FRAME_BODY, 1, b"late")[..]);
+    buf.extend_from_slice(&[0u8; 64]);
+    assert_eq!(close_ok_scan(&mut buf), CloseOkWait::GiveUp);
+    // A frame announced larger than any the relay accepts is not waited for.
+    let mut huge = vec![FRAME_BODY, 0, 1];
+    huge.extend_from_slice(&(UNLIMITED_FRAME_MAX as u32 + 1).to_be_bytes());
+    let mut buf = BytesMut::from(&huge[..]);
+    assert_eq!(close_ok_scan(&mut buf), CloseOkWait::GiveUp);
+}
+
 // Events carry their fields; the text is rendered in one place.
 #[test]
 fn events_render_the_log_lines_operators_and_tests_grep() {

@@ -175,6 +175,28 @@ fn r2_tune_heartbeat_is_offered_to_the_client_as_zero() {
     assert_eq!(sim.s.phase(), Phase::Handshake);
 }
 
+// R2: the broker's frame_max reaches the client capped at what the relay
+// accepts; 0 ("no limit") becomes the cap, smaller values pass.
+#[test]
+fn r2_tune_frame_max_is_capped_at_the_relays() {
+    let cap = UNLIMITED_FRAME_MAX as u32;
+    for (broker, client) in [
+        (0, cap),
+        (cap + 1, cap),
+        (u32::MAX, cap),
+        (cap, cap),
+        (4096, 4096),
+    ] {
+        let mut sim = Sim::new(true);
+        sim.feed(Side::Broker, &tune(30, broker, 60), 0.0).unwrap();
+        assert_eq!(
+            sim.take(Side::Client, 0.0),
+            tune(30, client, 0),
+            "broker frame_max {broker}"
+        );
+    }
+}
+
 // R3: heartbeats are absorbed both ways; everything else passes byte for
 // byte, in order, handed over without a copy.
 #[test]

@@ -1,0 +1,90 @@
+//! A hostile broker (issue 11, item 3), scripted because a real one never
+//! sends garbage: after its Connection.Start it sends a frame of an unknown
+//! type, then zeros as fast as loopback takes them. The relay closes the
+//! upstream on the bad frame and waits for the broker's CloseOk; bytes that
+//! are not frames must end that wait at once, so the relay's memory stays
+//! within its per-connection bound (DESIGN.md R8, R10) whatever the broker
+//! sends, and the broker sees its socket closed well before the close
+//! deadline.
+
+use crate::Env;
+use crate::support::amqp::{Client, PROTOCOL_HEADER};
+use crate::support::relay::{Relay, Settings, peak_rss_bytes, reset_peak_rss, rss_bytes};
+use amq_protocol::protocol::{AMQPClass, connection};
+use amq_protocol::types::{FieldTable, LongString};
+use std::io::Write;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+/// The most the relay may hold for one connection: a partial frame of the
+/// largest size it accepts (1 MiB) and a read's worth, with room for the
+/// allocator; the bug this guards grew by hundreds of MiB a second.
+const BOUND: usize = 16 << 20;
+const FLOOD_FOR: Duration = Duration::from_secs(3);
+
+pub fn garbage_after_a_bad_frame_is_not_buffered(_env: &Env) -> Result<(), String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    let url = format!(
+        "amqp://127.0.0.1:{}/",
+        listener.local_addr().map_err(|e| e.to_string())?.port()
+    );
+    let relay = Relay::start("hostile", Settings::new(&[&url]).interval(2).build())?;
+    relay.explain((|| {
+        reset_peak_rss()?;
+        let before = rss_bytes()?;
+        let broker = std::thread::spawn(move || -> Result<(usize, Duration), String> {
+            let (stream, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+            let mut b = Client::from_stream(stream)?;
+            let (header, _) = b.read_raw_until(Instant::now() + Duration::from_secs(10), 8)?;
+            ensure!(header == PROTOCOL_HEADER, "the relay sent {header:?}");
+            b.send(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                    version_major: 0,
+                    version_minor: 9,
+                    server_properties: FieldTable::default(),
+                    mechanisms: LongString::from("PLAIN"),
+                    locales: LongString::from("en_US"),
+                })),
+            )?;
+            std::thread::sleep(Duration::from_millis(200));
+            let mut s = b.stream().try_clone().map_err(|e| e.to_string())?;
+            s.write_all(&[9, 0, 0, 0, 0, 0, 0]).map_err(|e| e.to_string())?;
+            let zeros = vec![0u8; 64 * 1024];
+            let started = Instant::now();
+            let mut sent = 0usize;
+            while started.elapsed() < FLOOD_FOR {
+                match s.write(&zeros) {
+                    Ok(n) => sent += n,
+                    // The relay closed the upstream: what the fix does.
+                    Err(_) => return Ok((sent, started.elapsed())),
+                }
+            }
+            Ok((sent, started.elapsed()))
+        });
+        let mut c = Client::connect(relay.addr)?;
+        c.send_raw(PROTOCOL_HEADER)?;
+        let (sent, flooded) = broker
+            .join()
+            .map_err(|_| "the scripted broker panicked".to_string())??;
+        let peak = peak_rss_bytes()?;
+        let grew = peak.saturating_sub(before);
+        eprintln!(
+            "hostile broker: sent {} MiB of zeros for {flooded:.2?}; relay process peak RSS +{} KiB",
+            sent >> 20,
+            grew >> 10
+        );
+        ensure!(
+            grew <= BOUND,
+            "the relay's memory grew by {} MiB while a broker sent {} MiB of garbage (bound {} MiB)",
+            grew >> 20,
+            sent >> 20,
+            BOUND >> 20
+        );
+        ensure!(
+            flooded < Duration::from_secs(1),
+            "the relay kept reading garbage for {flooded:.2?} instead of closing the upstream"
+        );
+        Ok(())
+    })())
+}
