@@ -4,7 +4,10 @@
 
 CARGO      ?= cargo
 APXS       ?= apxs
-MODULE_SO  := target/release/libmod_amqp_heartbeat.so
+# cargo's output dir: CARGO_TARGET_DIR when set (the package build shares
+# the checkout's, see scripts/build-deb.sh), else target/.
+CARGO_OUT  := $(or $(CARGO_TARGET_DIR),target)
+MODULE_SO  := $(CARGO_OUT)/release/libmod_amqp_heartbeat.so
 MODULE     := target/mod_amqp_heartbeat.so
 PYTHON     := /usr/bin/python3
 # What a WSGIImportScript line names to give a mod_wsgi daemon its relay.
@@ -21,6 +24,7 @@ build: $(MODULE)
 # it mapped would crash. Unchanged builds leave it alone.
 $(MODULE): FORCE
 	$(CARGO) build --release
+	mkdir -p $(dir $(MODULE))
 	cmp -s $(MODULE_SO) $(MODULE) || { cp $(MODULE_SO) $(MODULE).tmp && mv -f $(MODULE).tmp $(MODULE); }
 
 FORCE:
