@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const SHIM: &str = "apache/mod_amqp_heartbeat.c";
+/// The C/Rust contract: directive indexes and entry-point types, read by
+/// the shim and by bindgen.
+const CONTRACT: &str = "apache/amqphb.h";
 
 /// The dynamic symbols of the module: what `LoadModule` resolves, and the
 /// entry points a mod_wsgi daemon process calls through ctypes
@@ -25,6 +28,7 @@ const EXPORTED_SYMBOLS: &[&str] = &[
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={SHIM}");
+    println!("cargo:rerun-if-changed={CONTRACT}");
     println!("cargo:rerun-if-env-changed=APXS");
     println!("cargo:rerun-if-env-changed=APR_CONFIG");
 
@@ -108,13 +112,20 @@ fn generate_bindings(headers: &Headers, out_dir: &Path) {
         .header_contents(
             "amqphb_bindings.h",
             "#include <httpd.h>\n#include <http_config.h>\n#include <http_log.h>\n#include <http_main.h>\n\
-             #include <apr_pools.h>\n#include <apr_strings.h>\n#include <apr_tables.h>\n",
+             #include <apr_pools.h>\n#include <apr_strings.h>\n#include <apr_tables.h>\n\
+             #include <amqphb.h>\n",
         )
+        .clang_arg("-Iapache")
         .clang_args(headers.include_dirs.iter().map(|d| format!("-I{}", d.display())))
         .clang_args(headers.defines.iter().cloned())
         // Only what src/apache uses.
         .allowlist_type("server_rec|request_rec|cmd_parms|ap_directive_t|apr_pool_t|apr_table_t|apr_status_t")
         .allowlist_function("apr_table_set|apr_table_get|apr_pstrdup|apr_pool_cleanup_register|apr_pool_cleanup_null")
+        // The contract (apache/amqphb.h): entry-point types, the shim's own
+        // functions, the directive indexes.
+        .allowlist_type("amqphb_.*_fn|amqp_heartbeat_daemon_.*_fn|amqphb_directive_index")
+        .allowlist_function("amqphb_log|amqphb_module_config")
+        .constified_enum_module("amqphb_directive_index")
         .allowlist_var("APLOG_(EMERG|ALERT|CRIT|ERR|WARNING|NOTICE|INFO|DEBUG)|OK|DECLINED|HTTP_INTERNAL_SERVER_ERROR|ap_conftree|ap_server_conf")
         // Kept by value in server_rec; its fields are not needed.
         .opaque_type("ap_logconf")
@@ -143,6 +154,7 @@ fn compile_shim(headers: &Headers) {
     let mut build = cc::Build::new();
     build
         .file(SHIM)
+        .include("apache")
         .includes(&headers.include_dirs)
         .warnings(true)
         .extra_warnings(true);
@@ -164,12 +176,12 @@ fn compile_shim(headers: &Headers) {
 /// entries local, which measured here overrides rustc's `global:` (a
 /// wildcard would not). See docs/DESIGN.md, B1.
 fn restrict_exports(out_dir: &Path) {
-    let shim =
-        std::fs::read_to_string(SHIM).unwrap_or_else(|e| fail(&format!("cannot read {SHIM}: {e}")));
-    let entries = rust_entry_points(&shim);
+    let contract = std::fs::read_to_string(CONTRACT)
+        .unwrap_or_else(|e| fail(&format!("cannot read {CONTRACT}: {e}")));
+    let entries = rust_entry_points(&contract);
     if entries.is_empty() {
         fail(&format!(
-            "no Rust entry point prototypes found in {SHIM} (see {ENTRY_BLOCK:?})"
+            "no Rust entry point declarations found in {CONTRACT} (see {ENTRY_BLOCK:?})"
         ));
     }
     let path = out_dir.join("exports.map");
@@ -189,23 +201,22 @@ fn restrict_exports(out_dir: &Path) {
 /// The comment that opens the shim's block of prototypes of Rust entries.
 const ENTRY_BLOCK: &str = "/* Rust entry points (src/apache/). */";
 
-/// The function names declared in the shim's Rust entry block (up to the
-/// first blank line).
-fn rust_entry_points(shim: &str) -> Vec<String> {
-    let Some(start) = shim.find(ENTRY_BLOCK) else {
+/// The function names declared in the contract's Rust entry block (up to
+/// the first blank line): the `TYPE_fn NAME;` lines (the typedefs before
+/// them have parentheses).
+fn rust_entry_points(contract: &str) -> Vec<String> {
+    let Some(start) = contract.find(ENTRY_BLOCK) else {
         return Vec::new();
     };
-    let block = shim[start + ENTRY_BLOCK.len()..]
+    let block = contract[start + ENTRY_BLOCK.len()..]
         .split("\n\n")
         .next()
         .unwrap_or("");
     block
         .lines()
+        .filter(|line| !line.contains('('))
         .filter_map(|line| {
-            let (head, _) = line.split_once('(')?;
-            let name = head
-                .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .next()?;
+            let name = line.trim().strip_suffix(';')?.split_whitespace().last()?;
             name.starts_with("amqphb_").then(|| name.to_string())
         })
         .collect()

@@ -4,8 +4,9 @@
  * Only what C does better lives here: the module record, the directive
  * table (AP_INIT_* macros), hook registration and the varargs log call
  * (ap_log_error is a macro that needs this module's index). Every body is
- * in Rust (src/apache/), reached through the amqphb_* entry points below,
- * each of which catches panics and never lets one cross into httpd.
+ * in Rust (src/apache/), reached through the amqphb_* entry points that
+ * amqphb.h declares (the one contract both sides compile against), each of
+ * which catches panics and never lets one cross into httpd.
  */
 
 #include "httpd.h"
@@ -13,33 +14,9 @@
 #include "http_log.h"
 #include "http_request.h"
 #include "apr_hooks.h"
+#include "amqphb.h"
 
 APLOG_USE_MODULE(amqp_heartbeat);
-
-/* Rust entry points (src/apache/). */
-void *amqphb_create_server_config(apr_pool_t *p, server_rec *s);
-void *amqphb_merge_server_config(apr_pool_t *p, void *base, void *add);
-const char *amqphb_directive(cmd_parms *cmd, unsigned directive_index,
-                             int argc, const char *const argv[]);
-int amqphb_check_config(server_rec *s);
-void amqphb_child_init(apr_pool_t *pchild, server_rec *s);
-void amqphb_child_init_last(apr_pool_t *pchild, server_rec *s);
-int amqphb_fixups(request_rec *r);
-
-/* Called from Rust. */
-void amqphb_log(const server_rec *s, int level, const char *msg);
-void *amqphb_module_config(const server_rec *s);
-
-/* Must match config::Directive in src/config.rs. */
-enum amqphb_directive_index {
-    AMQPHB_BROKER = 0,
-    AMQPHB_INTERVAL = 1,
-    AMQPHB_CONNECT_TIMEOUT = 2,
-    AMQPHB_ENV = 3,
-    AMQPHB_MAX_CONNECTIONS = 4,
-    AMQPHB_TLS_CA_CERTIFICATE_FILE = 5,
-    AMQPHB_CHILD_RELAY = 6
-};
 
 void amqphb_log(const server_rec *s, int level, const char *msg)
 {

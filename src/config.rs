@@ -32,7 +32,9 @@ pub enum Directive {
 }
 
 impl Directive {
-    pub fn from_index(index: u32) -> Option<Directive> {
+    /// The directive with index `index` of the C command table
+    /// (apache/amqphb.h; src/apache/contract.rs checks the two agree).
+    pub const fn from_index(index: u32) -> Option<Directive> {
         Some(match index {
             0 => Directive::Broker,
             1 => Directive::Interval,

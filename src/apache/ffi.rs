@@ -2,7 +2,8 @@
 //! strings, a handle on `server_rec`, the log bridge and pool cleanups.
 
 use super::bindings::{
-    apr_pool_cleanup_null, apr_pool_cleanup_register, apr_pool_t, apr_status_t, server_rec,
+    amqphb_log, amqphb_module_config, apr_pool_cleanup_null, apr_pool_cleanup_register, apr_pool_t,
+    apr_status_t, server_rec,
 };
 use super::server_config::ModuleConfig;
 use std::any::Any;
@@ -10,12 +11,9 @@ use std::borrow::Cow;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-// Defined in the C shim: they need httpd macros (ap_log_error's module
-// index, ap_get_module_config).
-unsafe extern "C" {
-    fn amqphb_log(s: *const server_rec, level: c_int, msg: *const c_char);
-    fn amqphb_module_config(s: *const server_rec) -> *mut c_void;
-}
+// amqphb_log and amqphb_module_config are defined in the C shim (they need
+// httpd macros: ap_log_error's module index, ap_get_module_config) and
+// declared in apache/amqphb.h, from which bindgen takes them.
 
 /// Run an entry point's body; a panic is logged at error level on `server`
 /// and `on_panic` returned instead of unwinding into httpd.

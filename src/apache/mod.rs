@@ -2,7 +2,8 @@
 //!
 //! The C shim (`apache/mod_amqp_heartbeat.c`) holds the module record, the
 //! directive table and hook registration, and calls the `amqphb_*` entry
-//! points defined here:
+//! points defined here, as `apache/amqphb.h` declares them ([`contract`]
+//! checks each definition against that header at compile time):
 //!
 //! - [`server_config`]: per-server config create/merge (boxed
 //!   [`server_config::ModuleConfig`], freed by a pool cleanup) and the one
@@ -26,6 +27,7 @@
 mod bindings;
 mod check;
 mod child;
+mod contract;
 mod daemon;
 mod ffi;
 mod server_config;
