@@ -10,8 +10,6 @@
 use crate::Env;
 use crate::support::amqp::{Client, PROTOCOL_HEADER};
 use crate::support::relay::{Relay, Settings, peak_rss_bytes, reset_peak_rss, rss_bytes};
-use amq_protocol::protocol::{AMQPClass, connection};
-use amq_protocol::types::{FieldTable, LongString};
 use std::io::Write;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -35,18 +33,7 @@ pub fn garbage_after_a_bad_frame_is_not_buffered(_env: &Env) -> Result<(), Strin
         let broker = std::thread::spawn(move || -> Result<(usize, Duration), String> {
             let (stream, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
             let mut b = Client::from_stream(stream)?;
-            let (header, _) = b.read_raw_until(Instant::now() + Duration::from_secs(10), 8)?;
-            ensure!(header == PROTOCOL_HEADER, "the relay sent {header:?}");
-            b.send(
-                0,
-                AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
-                    version_major: 0,
-                    version_minor: 9,
-                    server_properties: FieldTable::default(),
-                    mechanisms: LongString::from("PLAIN"),
-                    locales: LongString::from("en_US"),
-                })),
-            )?;
+            b.greet_as_broker()?;
             std::thread::sleep(Duration::from_millis(200));
             let mut s = b.stream().try_clone().map_err(|e| e.to_string())?;
             s.write_all(&[9, 0, 0, 0, 0, 0, 0]).map_err(|e| e.to_string())?;

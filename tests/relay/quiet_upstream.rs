@@ -13,11 +13,10 @@
 //! interval after the last heartbeat).
 
 use crate::Env;
-use crate::support::amqp::{Client, Ending, FRAME_END, PROTOCOL_HEADER, Tuning, raw_frame};
+use crate::support::amqp::{Client, Ending, FRAME_END, Tuning, raw_frame};
 use crate::support::relay::{Relay, Settings};
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, connection};
-use amq_protocol::types::{FieldTable, LongString};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
@@ -39,21 +38,7 @@ fn heartbeat_frame() -> Vec<u8> {
 
 /// Broker side of the handshake: Start, Tune (heartbeat INTERVAL), OpenOk.
 fn handshake(b: &mut Client) -> Result<(), String> {
-    let (header, _) = b.read_raw_until(Instant::now() + Duration::from_secs(10), 8)?;
-    ensure!(
-        header == PROTOCOL_HEADER,
-        "the relay sent {header:?} as its header"
-    );
-    b.send(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
-            version_major: 0,
-            version_minor: 9,
-            server_properties: FieldTable::default(),
-            mechanisms: LongString::from("PLAIN"),
-            locales: LongString::from("en_US"),
-        })),
-    )?;
+    b.greet_as_broker()?;
     expect_connection_method(b, "StartOk")?;
     b.send(
         0,

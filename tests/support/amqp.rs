@@ -219,6 +219,25 @@ impl Client {
         }
     }
 
+    /// As a scripted broker: read the relay's protocol header, then send
+    /// a Connection.Start offering PLAIN.
+    pub fn greet_as_broker(&mut self) -> Result<(), String> {
+        let (header, _) = self.read_raw_until(Instant::now() + Duration::from_secs(10), 8)?;
+        if header != PROTOCOL_HEADER {
+            return Err(format!("the relay sent {header:?} as its header"));
+        }
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: FieldTable::default(),
+                mechanisms: LongString::from("PLAIN"),
+                locales: LongString::from("en_US"),
+            })),
+        )
+    }
+
     pub fn channel_open(&mut self, ch: u16) -> Result<(), String> {
         self.send(
             ch,
