@@ -512,6 +512,32 @@ mod tests {
         assert_eq!(published_url("amqp", listen, &b), "amqp://127.0.0.1:40001/");
     }
 
+    /// What `apachectl -t` and any `{:?}` of a configuration record show:
+    /// never a password, however the URL is malformed.
+    #[test]
+    fn passwords_never_in_errors_or_debug() {
+        for url in [
+            "amqp://nova:Sup3r%Secret@h/",
+            "amqp://nova:pa/ssSecret@h:5672/nova",
+            "amqp://nova:p@ss/Secret@h:99999/",
+            "nova:Secret@h",
+        ] {
+            let err = cfg(&[(Directive::Broker, &["amqp://h/", url])]).unwrap_err();
+            assert!(err.starts_with("AMQPHeartbeatBroker: "), "{err}");
+            for fragment in ["Secret", "%Se", "ssS"] {
+                assert!(!err.contains(fragment), "{url}: {err}");
+            }
+        }
+        let c = cfg(&[(
+            Directive::Broker,
+            &["amqp://nova:p@Secret@h/nova", "amqps://nova:Secret@h2/"],
+        )])
+        .unwrap();
+        let shown = format!("{c:?} {:?}", c.relay_settings().unwrap());
+        assert!(!shown.contains("Secret"), "{shown}");
+        assert!(shown.contains("nova:***@h:5672/nova"), "{shown}");
+    }
+
     #[test]
     fn env_conflicts_across_servers() {
         let a = cfg(&[(Directive::Broker, &["amqp://a/"])]).unwrap();
