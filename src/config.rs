@@ -160,7 +160,7 @@ impl ServerConfig {
                         ));
                     }
                 };
-                check_env_name(name, env_name)?;
+                crate::env_name::check(name, env_name)?;
                 let scheme = scheme.to_ascii_lowercase();
                 if !ENV_SCHEMES.contains(&scheme.as_str()) {
                     return Err(format!(
@@ -320,19 +320,6 @@ fn parse_number(name: &str, text: &str, min: u32, max: u32) -> Result<u32, Strin
     }
 }
 
-fn check_env_name(directive: &str, name: &str) -> Result<(), String> {
-    let mut bytes = name.bytes();
-    let first_ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
-    if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(format!(
-            "{directive}: '{name}' is not a valid environment variable name (letters, digits and '_', not starting with a digit)"
-        ));
-    }
-    Ok(())
-}
-
 fn read_ca_bundle(path: &str) -> Result<CaBundle, String> {
     let data = std::fs::read(path).map_err(|e| format!("cannot read CA file '{path}': {e}"))?;
     let mut certificates = Vec::new();
@@ -425,6 +412,11 @@ mod tests {
                 "AMQPHeartbeatEnv: unknown scheme 'amqps'",
             ),
             (Directive::Env, &["X", "a", "b"], "takes NAME [SCHEME]"),
+            (
+                Directive::Env,
+                &["LD_PRELOAD"],
+                "AMQPHeartbeatEnv: 'LD_PRELOAD' is reserved",
+            ),
             (
                 Directive::Broker,
                 &["ftp://h/"],

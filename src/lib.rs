@@ -5,8 +5,9 @@
 //!
 //! Layout and data flow:
 //!
-//! - [`config`] and [`broker_url`]: directive parsing, validation and the
-//!   Apache-style merge. Safe, unit-tested, no httpd symbols.
+//! - [`config`], [`broker_url`] and [`env_name`]: directive parsing,
+//!   validation and the Apache-style merge. Safe, unit-tested, no httpd
+//!   symbols.
 //! - [`relay`]: the relay proper. [`relay::frame`] finds frame boundaries,
 //!   [`relay::methods`] decodes and builds the few connection-class methods
 //!   the relay owns, [`relay::heartbeat`] holds the heartbeat rules and
@@ -36,6 +37,7 @@
 
 pub mod broker_url;
 pub mod config;
+pub mod env_name;
 // The kernel interface below std, nix and tokio (a timerfd for the
 // heartbeat timers); see src/os/mod.rs.
 #[allow(unsafe_code)]
