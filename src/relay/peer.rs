@@ -12,6 +12,7 @@
 //! walk of the whole machine's TCP hash on every accept, milliseconds that
 //! any local user could make the relay thread spend by connecting.
 
+use crate::os::socket_kind;
 use nix::sys::socket::{SockaddrStorage, getpeername, getsockname};
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -38,10 +39,12 @@ pub fn client_is_this_process(client: SocketAddr, relay: SocketAddr) -> io::Resu
         {
             continue;
         }
+        // The same addresses on a UDP socket would be another socket.
         if getpeername::<SockaddrStorage>(fd)
             .ok()
             .and_then(|a| to_std(&a))
             == Some(relay)
+            && socket_kind::is_tcp_stream(fd)
         {
             return Ok(true);
         }
@@ -49,12 +52,19 @@ pub fn client_is_this_process(client: SocketAddr, relay: SocketAddr) -> io::Resu
     Ok(false)
 }
 
+/// A socket address as the relay's (IPv4) listener sees it: an AF_INET6
+/// client socket connected to `::ffff:127.0.0.1` names both ends as
+/// v4-mapped addresses, which are the same IPv4 endpoints.
 fn to_std(addr: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = addr.as_sockaddr_in() {
         return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
     }
     if let Some(v6) = addr.as_sockaddr_in6() {
-        return Some(SocketAddr::V6(SocketAddrV6::from(*v6)));
+        let v6 = SocketAddrV6::from(*v6);
+        return Some(match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
+            None => SocketAddr::V6(v6),
+        });
     }
     None
 }
@@ -74,6 +84,31 @@ mod tests {
         // A made-up peer is nobody's.
         let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert!(!client_is_this_process(nobody, server_side.local_addr().unwrap()).unwrap());
+    }
+
+    /// A client socket of family AF_INET6 reaching the IPv4 listener
+    /// through `::ffff:127.0.0.1` (what a client resolving "localhost" on a
+    /// dual-stack socket does) is still this process's.
+    #[test]
+    fn own_v4_mapped_ipv6_socket_is_found() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(format!("[::ffff:127.0.0.1]:{port}")).unwrap();
+        assert!(client.local_addr().unwrap().is_ipv6());
+        let (server_side, peer) = listener.accept().unwrap();
+        assert!(peer.is_ipv4());
+        assert!(client_is_this_process(peer, server_side.local_addr().unwrap()).unwrap());
+    }
+
+    /// A UDP socket of this process with the same two addresses is not the
+    /// client: only a TCP stream socket is.
+    #[test]
+    fn a_udp_socket_with_the_same_addresses_is_not_the_client() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay = listener.local_addr().unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.connect(relay).unwrap();
+        assert!(!client_is_this_process(udp.local_addr().unwrap(), relay).unwrap());
     }
 
     #[test]
