@@ -221,6 +221,7 @@ unsafe fn start(main: Server) {
             main.log(APLOG_INFO, &format!("relay thread started ({count} listener(s))"));
             let relay = ChildRelay {
                 thread: Some(thread),
+                pid: std::process::id(),
                 main,
                 muted,
             };
@@ -345,6 +346,10 @@ impl EventLog for ApacheLog {
 /// Owned by the child pool; dropping it (the pool cleanup) stops the relay.
 struct ChildRelay {
     thread: Option<RelayThread>,
+    /// The process that started the thread. A process forked from the
+    /// child without exec (Python multiprocessing) inherits the pool and
+    /// its cleanup, but not the thread.
+    pid: u32,
     main: Server,
     muted: Arc<AtomicBool>,
 }
@@ -354,6 +359,20 @@ impl Drop for ChildRelay {
         let Some(thread) = self.thread.take() else {
             return;
         };
+        if std::process::id() != self.pid {
+            // Nothing to stop or wait for here: the thread lives only in
+            // the child. Its handle is left alone (no detach of a thread
+            // this process does not have).
+            std::mem::forget(thread);
+            self.main.log(
+                APLOG_DEBUG,
+                &format!(
+                    "exiting process forked from child {} without its relay thread; nothing to stop",
+                    self.pid
+                ),
+            );
+            return;
+        }
         match thread.stop(STOP_GRACE) {
             StopOutcome::Clean => self.main.log(APLOG_NOTICE, "relay thread stopped cleanly"),
             StopOutcome::TimedOut => {
