@@ -17,7 +17,8 @@
 //!   checks that a client socket belongs to this process, and
 //!   [`relay::server`] accepts connections and runs the event loop.
 //! - [`relay_thread`]: the one native thread per child: signals blocked,
-//!   panics caught and the relay restarted, bounded stop.
+//!   panics caught and the relay restarted, bounded stop; [`log_gate`]
+//!   keeps its log calls out of a child that is freeing its pools.
 //! - `os`: a timerfd registered with tokio's reactor (one `unsafe` call,
 //!   the registration; see relay::deadline for why not tokio's timers).
 //! - `apache` (with `os`, the only `unsafe` code): bindgen bindings, the directive
@@ -38,6 +39,7 @@
 pub mod broker_url;
 pub mod config;
 pub mod env_name;
+pub mod log_gate;
 // The kernel interface below std, nix and tokio (a timerfd for the
 // heartbeat timers); see src/os/mod.rs.
 #[allow(unsafe_code)]
