@@ -9,6 +9,7 @@ pub mod connection;
 pub mod deadline;
 pub mod frame;
 pub mod heartbeat;
+pub mod listen;
 pub mod methods;
 pub mod peer;
 pub mod quiet;
@@ -53,15 +54,13 @@ pub struct RelayListener {
 }
 
 impl RelayListener {
-    /// Bind an ephemeral port on 127.0.0.1 (close-on-exec, as every socket
-    /// std opens).
+    /// Bind an ephemeral port on 127.0.0.1 (close-on-exec), so that the
+    /// port stays bound after the relay stops listening (see listen.rs).
     pub fn bind_loopback(settings: Arc<RelaySettings>) -> std::io::Result<RelayListener> {
-        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
-        // std listens with a backlog of 128; a burst of connects beyond it
-        // would wait a whole SYN retry (1 s). Linux caps this at somaxconn.
-        nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN)?;
-        listener.set_nonblocking(true)?;
-        Ok(RelayListener { listener, settings })
+        Ok(RelayListener {
+            listener: listen::bind_loopback()?,
+            settings,
+        })
     }
 
     pub fn try_clone(&self) -> std::io::Result<RelayListener> {
