@@ -198,29 +198,38 @@ mod tests {
         server::run(listeners, shutdown, log)
     }
 
+    /// The relay at `addr` answers a wrong protocol header with AMQP's.
+    fn answers_with_protocol_header(addr: impl std::net::ToSocketAddrs) -> std::net::TcpStream {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.write_all(b"HTTP/1.0").unwrap();
+        let mut reply = [0u8; 8];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"AMQP\x00\x00\x09\x01");
+        stream
+    }
+
+    /// A relay listener whose broker is nowhere (port 1).
+    fn listener_to_nowhere() -> RelayListener {
+        let mut config = ServerConfig::default();
+        config
+            .apply(Directive::Broker, &["amqp://127.0.0.1:1/"])
+            .unwrap();
+        RelayListener::bind_loopback(Arc::new(config.relay_settings().unwrap())).unwrap()
+    }
+
     /// After the relay stopped (the child's exit, while the interpreter may
     /// still run), its published port is neither free nor served: connects
     /// are refused and no other socket can bind it.
     #[test]
     fn a_stopped_relay_keeps_its_port_and_refuses() {
-        let mut config = ServerConfig::default();
-        config
-            .apply(Directive::Broker, &["amqp://127.0.0.1:1/"])
-            .unwrap();
-        let listener =
-            RelayListener::bind_loopback(Arc::new(config.relay_settings().unwrap())).unwrap();
+        let listener = listener_to_nowhere();
         let port = listener.listener.local_addr().unwrap().port();
         let thread = RelayThread::start(vec![listener], Arc::new(crate::relay::StderrLog)).unwrap();
         // Served, and closed by the client first: a socket the relay had
         // accepted and closed first would linger in TIME_WAIT on the port
         // and hold it whatever the listener does.
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        use std::io::{Read, Write};
-        stream.write_all(b"HTTP/1.0").unwrap();
-        let mut reply = [0u8; 8];
-        stream.read_exact(&mut reply).unwrap();
-        assert_eq!(&reply, b"AMQP\x00\x00\x09\x01");
-        drop(stream);
+        drop(answers_with_protocol_header(("127.0.0.1", port)));
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(thread.stop(Duration::from_secs(2)), StopOutcome::Clean);
         crate::relay::listen::assert_held_and_refusing(port);
@@ -228,12 +237,7 @@ mod tests {
 
     #[test]
     fn a_panicking_relay_is_restarted_on_the_same_socket() {
-        let mut config = ServerConfig::default();
-        config
-            .apply(Directive::Broker, &["amqp://127.0.0.1:1/"])
-            .unwrap();
-        let listener =
-            RelayListener::bind_loopback(Arc::new(config.relay_settings().unwrap())).unwrap();
+        let listener = listener_to_nowhere();
         let addr = listener.listener.local_addr().unwrap();
         let collect = Arc::new(Collect(Mutex::new(Vec::new())));
         let log: Arc<dyn EventLog> = collect.clone();
@@ -248,12 +252,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(100));
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        use std::io::{Read, Write};
-        stream.write_all(b"HTTP/1.0").unwrap();
-        let mut reply = [0u8; 8];
-        stream.read_exact(&mut reply).unwrap();
-        assert_eq!(&reply, b"AMQP\x00\x00\x09\x01");
+        answers_with_protocol_header(addr);
         shutdown.trigger(Duration::from_millis(100));
         thread.join().unwrap();
         let messages = collect.0.lock().unwrap();
