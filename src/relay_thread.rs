@@ -14,6 +14,7 @@
 //!   published address.
 
 use crate::relay::listen::{self, HeldPorts};
+use crate::relay::resolve;
 use crate::relay::server::{self, Shutdown};
 use crate::relay::{EventLog, Level, RelayListener};
 use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
@@ -51,6 +52,9 @@ impl RelayThread {
         let sockets: Vec<_> = listeners.iter().map(|l| &l.listener).collect();
         let held = HeldPorts::hold(&sockets)
             .map_err(|e| format!("cannot hold the relay's listening sockets: {e}"))?;
+        // The thread never reads the environment: what it needs of it is
+        // taken now (TLS roots were loaded with the listeners).
+        resolve::capture_environment();
         let shutdown = Shutdown::new();
         let thread_shutdown = shutdown.clone();
         let (finished_tx, finished) = mpsc::channel();

@@ -13,6 +13,7 @@ pub mod listen;
 pub mod methods;
 pub mod peer;
 pub mod quiet;
+pub mod resolve;
 pub mod server;
 pub mod upstream;
 
@@ -51,6 +52,12 @@ impl EventLog for StderrLog {
 pub struct RelayListener {
     pub listener: std::net::TcpListener,
     pub settings: Arc<RelaySettings>,
+    /// The TLS client set-up for `amqps://` brokers (`None` when there is
+    /// none), or why it failed. Built with the listener, before the relay
+    /// thread starts: loading the system roots reads the environment
+    /// (`SSL_CERT_FILE`, `SSL_CERT_DIR`), which the relay thread never does
+    /// (an interpreter may be writing it; see resolve.rs).
+    pub tls: Result<Option<tokio_rustls::TlsConnector>, String>,
 }
 
 impl RelayListener {
@@ -59,6 +66,7 @@ impl RelayListener {
     pub fn bind_loopback(settings: Arc<RelaySettings>) -> std::io::Result<RelayListener> {
         Ok(RelayListener {
             listener: listen::bind_loopback()?,
+            tls: upstream::tls_connector(&settings),
             settings,
         })
     }
@@ -67,6 +75,7 @@ impl RelayListener {
         Ok(RelayListener {
             listener: self.listener.try_clone()?,
             settings: Arc::clone(&self.settings),
+            tls: self.tls.clone(),
         })
     }
 }

@@ -4,7 +4,7 @@
 //! needs), one accept task per listener, one task per relayed connection.
 
 use crate::relay::connection::{self, ConnectionContext};
-use crate::relay::{EventLog, Level, RelayListener, peer, upstream};
+use crate::relay::{EventLog, Level, RelayListener, peer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -55,8 +55,9 @@ pub fn run(
 ) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        // Only DNS lookups of broker host names use blocking threads; let
-        // them go soon so an idle child is back to one relay thread.
+        // Only lookups of broker host names (resolve.rs) use blocking
+        // threads; let them go soon so an idle child is back to one relay
+        // thread.
         .max_blocking_threads(2)
         .thread_keep_alive(Duration::from_secs(1))
         .thread_name("amqp-heartbeat-dns")
@@ -73,7 +74,7 @@ async fn serve_all(
     let tracker = TaskTracker::new();
     let next_id = Arc::new(AtomicU64::new(1));
     for (index, spec) in listeners.into_iter().enumerate() {
-        let tls = match upstream::tls_connector(&spec.settings) {
+        let tls = match spec.tls {
             Ok(t) => t,
             Err(e) => {
                 log.event(
