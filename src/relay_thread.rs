@@ -176,18 +176,8 @@ fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Directive, ServerConfig};
-    use std::sync::Mutex;
+    use crate::relay::test_support::{Collect, listener_to_nowhere};
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    struct Collect(Mutex<Vec<String>>);
-    impl EventLog for Collect {
-        fn event(&self, _: usize, _: Level, message: &str) {
-            if let Ok(mut v) = self.0.lock() {
-                v.push(message.to_string());
-            }
-        }
-    }
 
     static RUNS: AtomicUsize = AtomicUsize::new(0);
 
@@ -213,15 +203,6 @@ mod tests {
         stream
     }
 
-    /// A relay listener whose broker is nowhere (port 1).
-    fn listener_to_nowhere() -> RelayListener {
-        let mut config = ServerConfig::default();
-        config
-            .apply(Directive::Broker, &["amqp://127.0.0.1:1/"])
-            .unwrap();
-        RelayListener::bind_loopback(Arc::new(config.relay_settings().unwrap())).unwrap()
-    }
-
     /// After the relay stopped (the child's exit, while the interpreter may
     /// still run), its published port is neither free nor served: connects
     /// are refused and no other socket can bind it.
@@ -243,7 +224,7 @@ mod tests {
     fn a_panicking_relay_is_restarted_on_the_same_socket() {
         let listener = listener_to_nowhere();
         let addr = listener.listener.local_addr().unwrap();
-        let collect = Arc::new(Collect(Mutex::new(Vec::new())));
+        let collect = Collect::new();
         let log: Arc<dyn EventLog> = collect.clone();
         let shutdown = Shutdown::new();
         let thread_shutdown = shutdown.clone();
@@ -259,7 +240,7 @@ mod tests {
         answers_with_protocol_header(addr);
         shutdown.trigger(Duration::from_millis(100));
         thread.join().unwrap();
-        let messages = collect.0.lock().unwrap();
+        let messages = collect.messages();
         let panics = messages
             .iter()
             .filter(|m| m.contains("relay panicked: test panic"))

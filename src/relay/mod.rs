@@ -15,6 +15,8 @@ pub mod peer;
 pub mod quiet;
 pub mod resolve;
 pub mod server;
+#[cfg(test)]
+pub mod test_support;
 pub mod upstream;
 
 use crate::config::RelaySettings;

@@ -133,23 +133,60 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// What becomes of a new client.
+enum Verdict {
+    Accept,
+    /// It closed its end before it could be checked (nothing to refuse).
+    Gone,
+    Refuse(String),
+}
+
+/// True when the client already closed its end without sending anything:
+/// a non-blocking peek sees the end of the stream (or a reset). Its socket
+/// is then gone from every process, so the peer check could not find it.
+fn closed_already(stream: &tokio::net::TcpStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ),
+        Ok(0) | Err(nix::errno::Errno::ECONNRESET)
+    )
+}
+
 impl Acceptor {
-    /// Why a new client may not use the relay, if it may not.
-    fn refusal(&self, peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<String> {
+    /// Whether a new client may use the relay.
+    fn verdict(
+        &self,
+        stream: &tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+    ) -> Verdict {
         match peer::client_is_this_process(peer, local) {
             Ok(true) => {}
+            Ok(false) if closed_already(stream) => return Verdict::Gone,
             Ok(false) => {
-                return Some(
+                return Verdict::Refuse(
                     "its socket is not held by this process (only this httpd child's app may use its relay)".to_string(),
                 );
             }
-            Err(e) => return Some(format!("cannot tell which process holds its socket ({e})")),
+            Err(e) => {
+                return Verdict::Refuse(format!(
+                    "cannot tell which process holds its socket ({e})"
+                ));
+            }
         }
         let active = self.active.load(Ordering::Relaxed);
         let max = self.settings.max_connections as usize;
-        (active >= max).then(|| {
-            format!("{active} connections already relayed (AMQPHeartbeatMaxConnections {max})")
-        })
+        if active >= max {
+            return Verdict::Refuse(format!(
+                "{active} connections already relayed (AMQPHeartbeatMaxConnections {max})"
+            ));
+        }
+        Verdict::Accept
     }
 
     /// Close a refused client with a FIN rather than a reset (what it sent
@@ -191,14 +228,25 @@ impl Acceptor {
                     continue;
                 }
             };
-            if let Some(reason) = self.refusal(peer, local) {
-                self.log.event(
-                    self.index,
-                    Level::Warn,
-                    &format!("refused {peer}: {reason}"),
-                );
-                self.refuse(stream);
-                continue;
+            match self.verdict(&stream, peer, local) {
+                Verdict::Accept => {}
+                Verdict::Gone => {
+                    self.log.event(
+                        self.index,
+                        Level::Info,
+                        &format!("client {peer} closed its connection before it was accepted"),
+                    );
+                    continue;
+                }
+                Verdict::Refuse(reason) => {
+                    self.log.event(
+                        self.index,
+                        Level::Warn,
+                        &format!("refused {peer}: {reason}"),
+                    );
+                    self.refuse(stream);
+                    continue;
+                }
             }
             self.active.fetch_add(1, Ordering::Relaxed);
             let guard = ActiveGuard(Arc::clone(&self.active));
@@ -216,5 +264,42 @@ impl Acceptor {
                 drop(guard);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::test_support::{Collect, listener_to_nowhere};
+
+    /// A client that connects and closes at once is gone before the relay
+    /// checks whose it is: that is an early close (info), not a refusal of
+    /// another process (warn).
+    #[test]
+    fn a_client_that_closed_at_once_is_not_a_refusal() {
+        let listener = listener_to_nowhere();
+        let addr = listener.listener.local_addr().unwrap();
+        // Connected and closed while nobody accepts yet: the relay finds it
+        // in the backlog, its socket already gone from this process.
+        drop(std::net::TcpStream::connect(addr).unwrap());
+        let collect = Collect::new();
+        let log: Arc<dyn EventLog> = collect.clone();
+        let shutdown = Shutdown::new();
+        let thread = {
+            let shutdown = shutdown.clone();
+            std::thread::spawn(move || run(vec![listener], shutdown, log))
+        };
+        let (level, _) = collect.wait_for(
+            "closed its connection before it was accepted",
+            Duration::from_secs(5),
+        );
+        shutdown.trigger(Duration::from_millis(100));
+        thread.join().unwrap().unwrap();
+        assert_eq!(level, Level::Info);
+        assert!(
+            !collect.events().iter().any(|(l, _)| *l <= Level::Warn),
+            "{:?}",
+            collect.events()
+        );
     }
 }
