@@ -13,6 +13,7 @@ pub mod listen;
 pub mod methods;
 pub mod peer;
 pub mod quiet;
+pub mod refusals;
 pub mod resolve;
 pub mod server;
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! needs), one accept task per listener, one task per relayed connection.
 
 use crate::relay::connection::{self, ConnectionContext};
+use crate::relay::refusals::RefusalLog;
 use crate::relay::{EventLog, Level, RelayListener, peer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -94,6 +95,7 @@ async fn serve_all(
             tls,
             log: Arc::clone(&log),
             active: Arc::new(AtomicUsize::new(0)),
+            gentle: Arc::new(AtomicUsize::new(0)),
             next_id: Arc::clone(&next_id),
             tracker: tracker.clone(),
         };
@@ -119,12 +121,14 @@ struct Acceptor {
     tls: Option<tokio_rustls::TlsConnector>,
     log: Arc<dyn EventLog>,
     active: Arc<AtomicUsize>,
+    /// Refusals of this process's clients being closed gently.
+    gentle: Arc<AtomicUsize>,
     next_id: Arc<AtomicU64>,
     tracker: TaskTracker,
 }
 
-/// Decrements the listener's connection count when a connection ends,
-/// however it ends.
+/// Decrements a count (the listener's connections, its gentle refusals)
+/// when what it counts ends, however it ends.
 struct ActiveGuard(Arc<AtomicUsize>);
 
 impl Drop for ActiveGuard {
@@ -133,12 +137,19 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Refused clients of this process (too many connections) being closed
+/// gently at once, per listener; beyond it they are reset.
+const MAX_GENTLE_REFUSALS: usize = 16;
+
 /// What becomes of a new client.
 enum Verdict {
     Accept,
     /// It closed its end before it could be checked (nothing to refuse).
     Gone,
-    Refuse(String),
+    /// Not this process's: reset at once.
+    Foreign(String),
+    /// This process's, over AMQPHeartbeatMaxConnections.
+    TooMany(String),
 }
 
 /// True when the client already closed its end without sending anything:
@@ -157,45 +168,81 @@ fn closed_already(stream: &tokio::net::TcpStream) -> bool {
     )
 }
 
+/// Close at once with a reset (SO_LINGER 0): nothing is read, nothing
+/// lingers in the kernel, no task waits for it.
+fn reset(stream: tokio::net::TcpStream) {
+    let _ = nix::sys::socket::setsockopt(
+        &stream,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
+    drop(stream);
+}
+
 impl Acceptor {
     /// Whether a new client may use the relay.
     fn verdict(
         &self,
+        check: &mut peer::PeerCheck,
         stream: &tokio::net::TcpStream,
         peer: std::net::SocketAddr,
         local: std::net::SocketAddr,
     ) -> Verdict {
-        match peer::client_is_this_process(peer, local) {
-            Ok(true) => {}
-            Ok(false) if closed_already(stream) => return Verdict::Gone,
-            Ok(false) => {
-                return Verdict::Refuse(
-                    "its socket is not held by this process (only this httpd child's app may use its relay)".to_string(),
-                );
+        match check.holder(peer, local) {
+            Ok(peer::Holder::ThisProcess) => {}
+            Ok(peer::Holder::Gone) => return Verdict::Gone,
+            Ok(peer::Holder::OtherUser(uid)) => {
+                return Verdict::Foreign(format!(
+                    "refused {peer}: its socket belongs to uid {uid} (only this httpd child's app may use its relay)"
+                ));
+            }
+            Ok(peer::Holder::OtherProcess) if closed_already(stream) => return Verdict::Gone,
+            Ok(peer::Holder::OtherProcess) => {
+                return Verdict::Foreign(format!(
+                    "refused {peer}: its socket is not held by this process (only this httpd child's app may use its relay)"
+                ));
             }
             Err(e) => {
-                return Verdict::Refuse(format!(
-                    "cannot tell which process holds its socket ({e})"
+                return Verdict::Foreign(format!(
+                    "refused {peer}: cannot tell which process holds its socket ({e})"
                 ));
             }
         }
         let active = self.active.load(Ordering::Relaxed);
         let max = self.settings.max_connections as usize;
         if active >= max {
-            return Verdict::Refuse(format!(
-                "{active} connections already relayed (AMQPHeartbeatMaxConnections {max})"
+            return Verdict::TooMany(format!(
+                "refused {peer}: {active} connections already relayed (AMQPHeartbeatMaxConnections {max})"
             ));
         }
         Verdict::Accept
     }
 
-    /// Close a refused client with a FIN rather than a reset (what it sent
-    /// is read and dropped briefly), so it sees a plain end of stream.
-    fn refuse(&self, mut stream: tokio::net::TcpStream) {
+    /// Close a refused client of this process with a FIN rather than a
+    /// reset (what it sent is read and dropped briefly), so it sees a plain
+    /// end of stream; at most MAX_GENTLE_REFUSALS at once, the others are
+    /// reset.
+    fn refuse_gently(&self, mut stream: tokio::net::TcpStream) {
+        if self.gentle.load(Ordering::Relaxed) >= MAX_GENTLE_REFUSALS {
+            reset(stream);
+            return;
+        }
+        self.gentle.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveGuard(Arc::clone(&self.gentle));
         self.tracker.spawn(async move {
             let deadline = std::time::Instant::now() + connection::CLOSE_TIMEOUT;
             connection::finish_client(&mut stream, Default::default(), None, deadline).await;
+            drop(guard);
         });
+    }
+
+    fn log_lines(&self, lines: Vec<String>) {
+        for line in lines {
+            self.log.event(self.index, Level::Warn, &line);
+        }
     }
 
     async fn run(self, mut shutdown: watch::Receiver<Option<Duration>>) {
@@ -210,10 +257,26 @@ impl Acceptor {
                 return;
             }
         };
+        let mut check = peer::PeerCheck::new();
+        let mut refusals = RefusalLog::default();
         loop {
+            // The count of refusals not logged yet, when their interval
+            // ends; no timer at all while none is counted.
+            let due = refusals.due();
+            let summary = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             let accepted = tokio::select! {
                 r = self.listener.accept() => r,
                 _ = shutdown.wait_for(|v| v.is_some()) => return,
+                _ = summary => {
+                    let lines = refusals.flush(std::time::Instant::now());
+                    self.log_lines(lines.into_iter().collect());
+                    continue;
+                }
             };
             let (stream, peer) = match accepted {
                 Ok(a) => a,
@@ -228,7 +291,7 @@ impl Acceptor {
                     continue;
                 }
             };
-            match self.verdict(&stream, peer, local) {
+            match self.verdict(&mut check, &stream, peer, local) {
                 Verdict::Accept => {}
                 Verdict::Gone => {
                     self.log.event(
@@ -236,15 +299,17 @@ impl Acceptor {
                         Level::Info,
                         &format!("client {peer} closed its connection before it was accepted"),
                     );
+                    reset(stream);
                     continue;
                 }
-                Verdict::Refuse(reason) => {
-                    self.log.event(
-                        self.index,
-                        Level::Warn,
-                        &format!("refused {peer}: {reason}"),
-                    );
-                    self.refuse(stream);
+                Verdict::Foreign(reason) => {
+                    reset(stream);
+                    self.log_lines(refusals.refused(std::time::Instant::now(), reason));
+                    continue;
+                }
+                Verdict::TooMany(reason) => {
+                    self.refuse_gently(stream);
+                    self.log_lines(refusals.refused(std::time::Instant::now(), reason));
                     continue;
                 }
             }
@@ -271,6 +336,56 @@ impl Acceptor {
 mod tests {
     use super::*;
     use crate::relay::test_support::{Collect, listener_to_nowhere};
+
+    /// A flood of connections from another user: each is reset at once
+    /// (no task, no linger) and the log gets one line, not one per
+    /// connection (the count follows when the interval ends).
+    #[test]
+    fn a_flood_from_another_user_is_reset_and_logged_once() {
+        let listener = listener_to_nowhere();
+        let port = listener.listener.local_addr().unwrap().port();
+        let collect = Collect::new();
+        let log: Arc<dyn EventLog> = collect.clone();
+        let shutdown = Shutdown::new();
+        let thread = {
+            let shutdown = shutdown.clone();
+            std::thread::spawn(move || run(vec![listener], shutdown, log))
+        };
+        // Debian's python3 (readable by nobody), as nobody: the test runs
+        // as root.
+        let script = format!(
+            r#"
+import os, socket
+os.setuid(65534)
+resets = 0
+for _ in range(200):
+    try:
+        with socket.create_connection(("127.0.0.1", {port}), timeout=5) as s:
+            s.recv(1)
+    except ConnectionResetError:
+        resets += 1
+print(resets)
+"#
+        );
+        let out = std::process::Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let resets: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        collect.wait_for("uid 65534", Duration::from_secs(5));
+        shutdown.trigger(Duration::from_millis(100));
+        thread.join().unwrap().unwrap();
+        assert_eq!(resets, 200, "refused connections were not reset");
+        let warnings: Vec<_> = collect
+            .events()
+            .into_iter()
+            .filter(|(l, _)| *l <= Level::Warn)
+            .collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].1.contains("its socket belongs to uid 65534"));
+    }
 
     /// A client that connects and closes at once is gone before the relay
     /// checks whose it is: that is an early close (info), not a refusal of
