@@ -337,6 +337,34 @@ mod tests {
     use super::*;
     use crate::relay::test_support::{Collect, listener_to_nowhere};
 
+    /// The relay on one listener, on a thread of its own.
+    struct Running {
+        log: Arc<Collect>,
+        shutdown: Shutdown,
+        thread: std::thread::JoinHandle<Result<(), String>>,
+    }
+
+    impl Running {
+        fn start(listener: RelayListener) -> Running {
+            let log = Collect::new();
+            let shutdown = Shutdown::new();
+            let thread = {
+                let (shutdown, log) = (shutdown.clone(), Arc::clone(&log) as Arc<dyn EventLog>);
+                std::thread::spawn(move || run(vec![listener], shutdown, log))
+            };
+            Running {
+                log,
+                shutdown,
+                thread,
+            }
+        }
+
+        fn stop(self) {
+            self.shutdown.trigger(Duration::from_millis(100));
+            self.thread.join().unwrap().unwrap();
+        }
+    }
+
     /// A flood of connections from another user: each is reset at once
     /// (no task, no linger) and the log gets one line, not one per
     /// connection (the count follows when the interval ends).
@@ -344,13 +372,8 @@ mod tests {
     fn a_flood_from_another_user_is_reset_and_logged_once() {
         let listener = listener_to_nowhere();
         let port = listener.listener.local_addr().unwrap().port();
-        let collect = Collect::new();
-        let log: Arc<dyn EventLog> = collect.clone();
-        let shutdown = Shutdown::new();
-        let thread = {
-            let shutdown = shutdown.clone();
-            std::thread::spawn(move || run(vec![listener], shutdown, log))
-        };
+        let relay = Running::start(listener);
+        let collect = Arc::clone(&relay.log);
         // Debian's python3 (readable by nobody), as nobody: the test runs
         // as root.
         let script = format!(
@@ -375,8 +398,7 @@ print(resets)
         assert!(out.status.success(), "{out:?}");
         let resets: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
         collect.wait_for("uid 65534", Duration::from_secs(5));
-        shutdown.trigger(Duration::from_millis(100));
-        thread.join().unwrap().unwrap();
+        relay.stop();
         assert_eq!(resets, 200, "refused connections were not reset");
         let warnings: Vec<_> = collect
             .events()
@@ -397,19 +419,13 @@ print(resets)
         // Connected and closed while nobody accepts yet: the relay finds it
         // in the backlog, its socket already gone from this process.
         drop(std::net::TcpStream::connect(addr).unwrap());
-        let collect = Collect::new();
-        let log: Arc<dyn EventLog> = collect.clone();
-        let shutdown = Shutdown::new();
-        let thread = {
-            let shutdown = shutdown.clone();
-            std::thread::spawn(move || run(vec![listener], shutdown, log))
-        };
+        let relay = Running::start(listener);
+        let collect = Arc::clone(&relay.log);
         let (level, _) = collect.wait_for(
             "closed its connection before it was accepted",
             Duration::from_secs(5),
         );
-        shutdown.trigger(Duration::from_millis(100));
-        thread.join().unwrap().unwrap();
+        relay.stop();
         assert_eq!(level, Level::Info);
         assert!(
             !collect.events().iter().any(|(l, _)| *l <= Level::Warn),
