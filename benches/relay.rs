@@ -1,5 +1,7 @@
 //! P1 throughput and P2 latency: the relay versus a direct connection, same
-//! client, same broker, one run (issue 5).
+//! client, same broker, one run (issue 5). P6: what a local flood of
+//! refused connections from another user costs the app and the relay
+//! (issue 11).
 //!
 //! The client is a raw-frame AMQP 0-9-1 client over blocking sockets: the
 //! frames of a publish are encoded once and written in large batches, so the
@@ -8,7 +10,7 @@
 //! in an httpd child.
 //!
 //! ```text
-//! cargo bench --bench relay -- [--broker-port PORT] [--quick] [--rounds N]
+//! cargo bench --bench relay -- [--broker-port PORT] [--quick] [--rounds N] [--flood-only]
 //! ```
 //!
 //! Without `--broker-port` a private RabbitMQ node is started with
@@ -487,6 +489,130 @@ impl Figure {
     }
 }
 
+// ------------------------------------------------------------------ P6
+
+/// Connect to the relay and time until the broker's Connection.Start
+/// arrives through it (the relay dials the broker for each client).
+fn connect_to_start(relay: SocketAddr) -> Res<f64> {
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect(relay).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"AMQP\x00\x00\x09\x01")
+        .map_err(|e| format!("header: {e}"))?;
+    expect(&mut s, 10, 10)?;
+    Ok(t0.elapsed().as_secs_f64() * 1e6)
+}
+
+fn connects_to_start(relay: SocketAddr, samples: usize) -> Res<Vec<f64>> {
+    let mut v = (0..samples)
+        .map(|_| connect_to_start(relay))
+        .collect::<Res<Vec<f64>>>()?;
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v)
+}
+
+/// CPU seconds (user + system) of this process's thread named `name`.
+fn thread_cpu(name: &str) -> Res<f64> {
+    for task in std::fs::read_dir("/proc/self/task").map_err(|e| e.to_string())? {
+        let path = task.map_err(|e| e.to_string())?.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).map_err(|e| e.to_string())?;
+        let after_name = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat: 11 and 12 after the name.
+        let ticks: f64 = fields
+            .get(11..13)
+            .ok_or("short stat")?
+            .iter()
+            .map(|f| f.parse::<f64>().unwrap_or(0.0))
+            .sum();
+        return Ok(ticks / 100.0);
+    }
+    Err(format!("no thread named {name}"))
+}
+
+/// A process of user nobody (uid 65534; this bench runs as root) that
+/// connects to `port` and closes, as fast as it can, for `seconds`; prints
+/// how many times.
+fn flood(port: u16, seconds: f64) -> Res<std::process::Child> {
+    let script = format!(
+        r#"
+import os, socket, time
+os.setuid(65534)
+n, end = 0, time.monotonic() + {seconds}
+while time.monotonic() < end:
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", {port}))
+    except OSError:
+        pass
+    s.close()
+    n += 1
+print(n, flush=True)
+"#
+    );
+    Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("flood: {e}"))
+}
+
+/// P6: app connect-to-Connection.Start with and without a concurrent
+/// flood from another user, and the relay thread's CPU per 100k refusals.
+fn refusal_flood(relay: SocketAddr, quick: bool) -> Res<Vec<Figure>> {
+    let samples = if quick { 100 } else { 400 };
+    let seconds = if quick { 3.0 } else { 10.0 };
+    connects_to_start(relay, samples / 10)?; // warm-up
+    let quiet = connects_to_start(relay, samples)?;
+    let cpu_before = thread_cpu("amqp-heartbeat")?;
+    let flooder = flood(relay.port(), seconds)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let flooded = connects_to_start(relay, samples)?;
+    let out = flooder
+        .wait_with_output()
+        .map_err(|e| format!("flood: {e}"))?;
+    let cpu = thread_cpu("amqp-heartbeat")? - cpu_before;
+    let refusals: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| format!("the flood (needs root to setuid) printed no count: {out:?}"))?;
+    eprintln!(
+        "  P6 {refusals} refused connects from uid 65534 in {seconds} s; relay thread CPU {cpu:.2} s \
+         (with {samples} app connections); connect-to-Start p50 {:.0} / {:.0} us",
+        percentile(&quiet, 50.0),
+        percentile(&flooded, 50.0)
+    );
+    let (q99, f99) = (percentile(&quiet, 99.0), percentile(&flooded, 99.0));
+    let added_ms = (f99 - q99) / 1000.0;
+    let per_100k = cpu / refusals * 100_000.0;
+    Ok(vec![
+        Figure {
+            name: "P6_start_p99_flooded".into(),
+            relay: f99,
+            direct: q99,
+            ratio: f99 / q99,
+            unit: "us",
+            goal: format!("added<=5ms(added={added_ms:.2}ms)"),
+            met: added_ms <= 5.0,
+        },
+        Figure {
+            name: "P6_cpu_per_100k_refusals".into(),
+            relay: per_100k,
+            direct: f64::NAN,
+            ratio: f64::NAN,
+            unit: "s",
+            goal: "none".into(),
+            met: true,
+        },
+    ])
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("bench relay: {e}");
@@ -497,6 +623,7 @@ fn main() {
 fn run() -> Res<()> {
     let mut port = None;
     let mut quick = false;
+    let mut flood_only = false;
     let mut rounds = 3usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -509,6 +636,7 @@ fn run() -> Res<()> {
                 )
             }
             "--quick" => quick = true,
+            "--flood-only" => flood_only = true,
             "--rounds" => {
                 rounds = args
                     .next()
@@ -568,7 +696,7 @@ fn run() -> Res<()> {
         },
     ];
     let mut figures = Vec::new();
-    for case in cases {
+    for case in cases.into_iter().filter(|_| !flood_only) {
         // Warm-up on both paths, then alternate which path goes first so
         // drift (broker GC, page cache) does not favour one side.
         let warm = ThroughputCase {
@@ -613,7 +741,7 @@ fn run() -> Res<()> {
 
     let samples = if quick { 2_000 } else { 20_000 };
     let (mut r, mut d) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
+    for round in (0..rounds).filter(|_| !flood_only) {
         if round % 2 == 0 {
             d.extend(latency(direct, samples, 64)?);
             r.extend(latency(relay, samples, 64)?);
@@ -624,11 +752,16 @@ fn run() -> Res<()> {
     }
     r.sort_by(|a, b| a.total_cmp(b));
     d.sort_by(|a, b| a.total_cmp(b));
-    for (p, label, budget) in [
-        (50.0, "p50", 20.0),
-        (99.0, "p99", 100.0),
-        (99.9, "p99.9", f64::NAN),
-    ] {
+    let p2 = if r.is_empty() {
+        Vec::new()
+    } else {
+        vec![
+            (50.0, "p50", 20.0),
+            (99.0, "p99", 100.0),
+            (99.9, "p99.9", f64::NAN),
+        ]
+    };
+    for (p, label, budget) in p2 {
         let (rv, dv) = (percentile(&r, p), percentile(&d, p));
         let added = rv - dv;
         let f = Figure {
@@ -651,6 +784,11 @@ fn run() -> Res<()> {
         "  P2 {} samples per path (64-byte body, publisher and consumer connections)",
         r.len()
     );
+
+    for f in refusal_flood(relay, quick)? {
+        f.print();
+        figures.push(f);
+    }
 
     let outcome = thread.stop(Duration::from_secs(3));
     let warnings = log.0.load(Ordering::Relaxed);

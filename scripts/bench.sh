@@ -6,6 +6,8 @@
 #
 #   P1/P2  cargo bench --bench relay: throughput and latency, in-process
 #          relay versus direct, against one private RabbitMQ node
+#   P6     the same binary: app connect-to-Start under a local flood of
+#          refused connects from user nobody (needs root), relay CPU
 #   P3     benches/httpd_bench.py p3: cost per prefork child
 #   P5     benches/httpd_bench.py p5: oslo heartbeat_in_pthread versus relay
 #

@@ -73,10 +73,13 @@ impl PeerCheck {
     pub fn holder(&mut self, client: SocketAddr, relay: SocketAddr) -> io::Result<Holder> {
         if let Some(diag) = &mut self.diag {
             match diag.tcp_owner(client, relay) {
-                Ok(None) | Ok(Some(Owner { inode: 0, .. })) => return Ok(Holder::Gone),
+                // Another user's, closed or not: a flood of connect-and-
+                // close is a flood of refusals (rate-limited), not of
+                // early closes.
                 Ok(Some(Owner { uid, .. })) if uid != self.uid => {
                     return Ok(Holder::OtherUser(uid));
                 }
+                Ok(None) | Ok(Some(Owner { inode: 0, .. })) => return Ok(Holder::Gone),
                 Ok(Some(Owner { inode, .. })) => {
                     return Ok(if holds_socket(inode)? {
                         Holder::ThisProcess
