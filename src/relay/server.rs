@@ -280,6 +280,9 @@ impl Acceptor {
             };
             let (stream, peer) = match accepted {
                 Ok(a) => a,
+                // The listener was shut down (listen.rs): a stop that timed
+                // out, the process is exiting. Nothing more to accept.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
                     self.log.event(
@@ -407,6 +410,22 @@ print(resets)
             .collect();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].1.contains("its socket belongs to uid 65534"));
+    }
+
+    /// A listener shut down under a running relay (a stop that timed out
+    /// refuses on its ports) ends its acceptor quietly: no error per
+    /// failed accept until the process exits.
+    #[test]
+    fn a_listener_shut_down_under_the_relay_ends_its_acceptor_quietly() {
+        let listener = listener_to_nowhere();
+        let held = listener.listener.try_clone().unwrap();
+        let relay = Running::start(listener);
+        std::thread::sleep(Duration::from_millis(100));
+        crate::relay::listen::refuse_from_now(&held).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        let events = relay.log.events();
+        relay.stop();
+        assert!(events.iter().all(|(l, _)| *l > Level::Warn), "{events:?}");
     }
 
     /// A client that connects and closes at once is gone before the relay
