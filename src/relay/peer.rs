@@ -193,7 +193,12 @@ mod tests {
         assert!(client.local_addr().unwrap().is_ipv6());
         let (server_side, peer) = listener.accept().unwrap();
         assert!(peer.is_ipv4());
-        assert!(client_is_this_process(peer, server_side.local_addr().unwrap()).unwrap());
+        let relay = server_side.local_addr().unwrap();
+        assert!(client_is_this_process(peer, relay).unwrap());
+        assert_eq!(
+            PeerCheck::new().holder(peer, relay).unwrap(),
+            Holder::ThisProcess
+        );
     }
 
     /// A UDP socket of this process with the same two addresses is not the
