@@ -2,6 +2,8 @@
 //! versus haproxy (the anchor: the best general TCP proxy, measured the same
 //! way), same client, same broker, one run (issues 5 and 13). P6 compares the
 //! relay with haproxy: throughput, added latency and CPU per GiB forwarded.
+//! P7 (benches/relay/flood.rs): what a local flood of refused connections
+//! from another user costs the app and the relay (issue 11).
 //!
 //! The client is a raw-frame AMQP 0-9-1 client over blocking sockets: the
 //! frames of a publish are encoded once and written in large batches, so the
@@ -11,7 +13,7 @@
 //!
 //! ```text
 //! cargo bench --bench relay -- [--broker-port PORT] [--quick] [--rounds N]
-//!                               [--no-haproxy]
+//!                               [--no-haproxy] [--flood-only]
 //! ```
 //!
 //! Without `--broker-port` a private RabbitMQ node is started with
@@ -35,6 +37,8 @@ type Res<T> = Result<T, String>;
 
 #[path = "relay/cpu.rs"]
 mod cpu;
+#[path = "relay/flood.rs"]
+mod flood;
 #[path = "relay/haproxy.rs"]
 mod haproxy;
 
@@ -546,6 +550,7 @@ fn run() -> Res<()> {
     let mut port = None;
     let mut quick = false;
     let mut with_haproxy = true;
+    let mut flood_only = false;
     let mut rounds = 3usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -559,6 +564,7 @@ fn run() -> Res<()> {
             }
             "--quick" => quick = true,
             "--no-haproxy" => with_haproxy = false,
+            "--flood-only" => flood_only = true,
             "--rounds" => {
                 rounds = args
                     .next()
@@ -661,7 +667,7 @@ fn run() -> Res<()> {
     ];
     let mut figures = Vec::new();
     let mut anchors = Vec::new();
-    for case in cases {
+    for case in cases.into_iter().filter(|_| !flood_only) {
         // Warm-up on every path, then rotate which path goes first.
         let warm = ThroughputCase {
             count: case.count / 10,
@@ -764,7 +770,7 @@ fn run() -> Res<()> {
 
     let samples = if quick { 2_000 } else { 20_000 };
     let mut lat: Vec<(Path, Vec<f64>)> = paths.iter().map(|&p| (p, Vec::new())).collect();
-    for round in 0..rounds {
+    for round in (0..rounds).filter(|_| !flood_only) {
         for path in order(&paths, round) {
             let v = latency(addr_of(path), samples, 64)?;
             if let Some((_, all)) = lat.iter_mut().find(|(p, _)| *p == path) {
@@ -832,6 +838,11 @@ fn run() -> Res<()> {
         "  P2 {} samples per path (64-byte body, publisher and consumer connections)",
         r.len()
     );
+
+    for f in flood::refusal_flood(relay, quick)? {
+        f.print();
+        figures.push(f);
+    }
 
     let outcome = thread.stop(Duration::from_secs(3));
     drop(haproxy);

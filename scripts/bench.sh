@@ -9,6 +9,8 @@
 #          RabbitMQ node
 #   P6     the same run: the relay against haproxy (throughput, added
 #          latency, CPU seconds per GiB forwarded)
+#   P7     the same binary: app connect-to-Start under a local flood of
+#          refused connects from user nobody (needs root), relay CPU
 #   P3     benches/httpd_bench.py p3: cost per prefork child
 #   P5     benches/httpd_bench.py p5: oslo heartbeat_in_pthread versus relay
 #

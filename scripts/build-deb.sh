@@ -6,12 +6,16 @@
 # and its debhelper state into debian/: so the package is built from a copy
 # of the tracked and untracked-but-not-ignored files in
 # target/deb/build/<package>-<version>/, never in the checkout (nothing
-# lands in the git tree or beside it). cargo builds into the checkout's
-# own target/ (CARGO_TARGET_DIR): the package reuses every dependency
-# `make build` compiled, so only what cc compiles with Debian's CFLAGS
-# (dpkg-buildflags: ring and the crate's C shim) is rebuilt, about half a
-# minute, where a target dir of its own cost a whole cold build (3 to 5
-# minutes) in every fresh clone, CI's included.
+# lands in the git tree or beside it). cargo builds into a target dir of
+# its own, target/deb/cargo (CARGO_TARGET_DIR): sharing the checkout's
+# target/ is not safe, because cargo names a path crate's artifacts
+# without its path, so the copy's build script and the checkout's overwrite
+# each other (seen: a stale build script). The first time, target/deb/cargo
+# starts as a copy of the checkout's release build, so the package reuses
+# every dependency `make build` compiled and only what cc compiles with
+# Debian's CFLAGS (dpkg-buildflags: ring and the crate's C shim) is
+# rebuilt: under a minute, where an empty target dir cost a whole cold
+# build (3 to 5 minutes) in every fresh clone, CI's included.
 #
 # The only network access is `cargo fetch --locked` (crates.io, nothing when
 # the crates are cached); the package build itself runs cargo --offline.
@@ -42,7 +46,11 @@ git ls-files -z --cached --others --exclude-standard |
     tar --null --files-from=- -cf - | tar -xf - -C "$tree"
 
 rm -f "$out/build/${package}"_* "$out/build/${package}-dbgsym"_*
-cargo_out="$PWD/target"
+cargo_out="$PWD/$out/cargo"
+if [ ! -d "$cargo_out/release" ] && [ -d target/release ]; then
+    mkdir -p "$cargo_out"
+    cp -a --reflink=auto target/release "$cargo_out/"
+fi
 (cd "$tree" && CARGO_TARGET_DIR="$cargo_out" dpkg-buildpackage -us -uc -b)
 
 rm -f "$out/${package}"_* "$out/${package}-dbgsym"_*

@@ -13,8 +13,9 @@
 
 use std::fmt;
 
-/// One upstream broker.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// One upstream broker. `Debug` hides the password as `Display` does (the
+/// configuration records holding it derive `Debug`).
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct BrokerUrl {
     /// `amqps://`: TLS with certificate verification.
     pub tls: bool,
@@ -56,13 +57,33 @@ impl BrokerUrl {
             Some(i) => (&rest[..i], Some(&rest[i + 1..])),
             None => (rest, None),
         };
+        // An '@' after the first '/' is either a password holding '/' or a
+        // vhost holding '@'; which one cannot be told, and guessing wrong
+        // would publish part of a password as a vhost. Nothing of either is
+        // quoted: redact() hides everything up to the last '@'.
+        if path.is_some_and(|p| p.contains('@')) {
+            return Err(format!(
+                "'{}' has an '@' after the first '/': write a '/' in the password as %2F, or an '@' in the vhost as %40",
+                redact(text)
+            ));
+        }
         let (userinfo, hostport) = match authority.rfind('@') {
             Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
             None => (None, authority),
         };
         if let Some(ui) = userinfo {
-            check_percent_encoding(ui)
-                .map_err(|e| format!("bad user or password in '{}': {e}", redact(text)))?;
+            // The errors quote neither part (a password's fragment is a
+            // secret too); the user is shown by redact().
+            let (user, password) = match ui.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (ui, None),
+            };
+            percent_decode(user)
+                .map_err(|e| format!("bad user name in '{}': {e}", redact(text)))?;
+            if let Some(password) = password {
+                percent_decode(password)
+                    .map_err(|e| format!("bad password in '{}': {e}", redact(text)))?;
+            }
         }
         if let Some(p) = path {
             if p.contains('/') {
@@ -71,8 +92,7 @@ impl BrokerUrl {
                     redact(text)
                 ));
             }
-            check_percent_encoding(p)
-                .map_err(|e| format!("bad vhost in '{}': {e}", redact(text)))?;
+            percent_decode(p).map_err(|e| format!("bad vhost '{p}' in '{}': {e}", redact(text)))?;
         }
         let (host, port_text) =
             split_host_port(hostport).map_err(|e| format!("{e} in '{}'", redact(text)))?;
@@ -130,24 +150,34 @@ impl fmt::Display for BrokerUrl {
     }
 }
 
+impl fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BrokerUrl({self})")
+    }
+}
+
 /// Hide a password in text that failed to parse, so an error message that
 /// quotes the directive's value never leaks it to the error log.
 pub fn redact(text: &str) -> String {
-    let Some((scheme, rest)) = text.split_once("://") else {
-        return text.to_string();
+    // The userinfo ends at the LAST '@' (a password may hold '@' or '/'
+    // unencoded, however the URL then parses), and text that is not even a
+    // URL is treated the same way.
+    let (prefix, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), text),
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rfind('@') {
+    match rest.rfind('@') {
         Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or(userinfo);
-            let shown = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_string()
+            let userinfo = &rest[..at];
+            let shown = match userinfo.split_once(':') {
+                // The user, unless it runs past the authority (then it is
+                // not a user name but a piece of something else).
+                Some((user, _)) if !user.contains('/') => format!("{user}:***"),
+                Some(_) => "***".to_string(),
+                None if !userinfo.contains('/') => userinfo.to_string(),
+                None => "***".to_string(),
             };
-            format!("{scheme}://{shown}@{}{tail}", &authority[at + 1..])
+            format!("{prefix}{shown}@{}", &rest[at + 1..])
         }
         None => text.to_string(),
     }
@@ -226,29 +256,24 @@ fn parse_port(text: &str) -> Result<u16, String> {
     }
 }
 
-fn check_percent_encoding(text: &str) -> Result<(), String> {
-    percent_decode(text).map(|_| ())
-}
-
 /// Decode `%XX` escapes; the result must be UTF-8 because RabbitMQ vhost
-/// and user names are.
+/// and user names are. The error quotes nothing of `text` (it may be a
+/// password): the caller names the part.
 pub fn percent_decode(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes
+            // Two hex digits exactly: from_str_radix alone would take "+f".
+            let value = bytes
                 .get(i + 1..i + 3)
-                .ok_or_else(|| format!("'%' at the end of '{text}' is not a %XX escape"))?;
-            let value = std::str::from_utf8(hex)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
                 .ok_or_else(|| {
-                    format!(
-                        "'%{}' in '{text}' is not a %XX escape",
-                        String::from_utf8_lossy(hex)
-                    )
+                    "a '%' is not followed by two hex digits (write a '%' itself as %25)"
+                        .to_string()
                 })?;
             out.push(value);
             i += 3;
@@ -257,7 +282,7 @@ pub fn percent_decode(text: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| format!("'{text}' does not decode to UTF-8"))
+    String::from_utf8(out).map_err(|_| "it does not decode to UTF-8".to_string())
 }
 
 #[cfg(test)]
@@ -305,8 +330,11 @@ mod tests {
             ("amqp://1.2.3.256/", "not a valid IPv4"),
             ("amqp://::1/", "must be written in brackets"),
             ("amqp://[::g]/", "not an IPv6 address"),
-            ("amqp://u:p%zz@h/", "bad user or password"),
-            ("amqp://h/v%4", "bad vhost"),
+            ("amqp://u:p%zz@h/", "bad password"),
+            ("amqp://u%zz:p@h/", "bad user name"),
+            ("amqp://h/v%4", "bad vhost 'v%4'"),
+            ("amqp://h/v%+f", "bad vhost"),
+            ("amqp://h/a@b", "an '@' after the first '/'"),
             ("amqp://h/a/b", "contains '/'"),
             ("amqp://h/?heartbeat=5", "query"),
             ("amqp://h/%ff", "UTF-8"),
@@ -317,12 +345,52 @@ mod tests {
         }
     }
 
+    /// Every rejection of a URL with a password, however malformed, and
+    /// every `Debug` or `Display` of an accepted one: no fragment of the
+    /// password (here all of them hold "Secret" or "s0rd").
     #[test]
     fn passwords_never_in_errors() {
+        let rejected = [
+            "amqp://user:topSecret@h:99999/",
+            // A bad escape inside the password: not even the escape.
+            "amqp://nova:Sup3r%Secret@h/",
+            "amqp://nova:Secret%zz@h/",
+            "amqp://nova:Secret%ff@h/",
+            // A '/' in the password: the authority seems to end inside it.
+            "amqp://nova:pa/s0rdSecret@h:5672/nova",
+            "amqp://nova:pa/s0rdSecret@h",
+            "amqp://nova:1234/s0rdSecret@h",
+            // '@' and '/' together.
+            "amqp://nova:p@s/s0rd@Secret@h:99999/",
+            "amqp://nova:Secret@bad_host/",
+            "amqp://nova:Secret@h/?heartbeat=5",
+            "amqp://nova:Sec?ret@h/",
+            "amqp://nova:Secret@h/a/b",
+            "ftp://nova:Secret@h/",
+            "nova:Secret@h",
+            "amqp:/nova:Secret@h/",
+        ];
+        for text in rejected {
+            let err = BrokerUrl::parse(text).unwrap_err();
+            for fragment in ["Secret", "s0rd", "%Se", "%zz"] {
+                assert!(!err.contains(fragment), "{text}: {err}");
+            }
+            assert!(!redact(text).contains("Secret"), "{text}");
+        }
         let err = BrokerUrl::parse("amqp://user:topsecret@h:99999/").unwrap_err();
-        assert!(!err.contains("topsecret"), "{err}");
         assert!(err.contains("user:***@"), "{err}");
         assert_eq!(redact("amqp://u:pw@h/x"), "amqp://u:***@h/x");
+        assert_eq!(redact("amqp://u:p/w@h/x"), "amqp://u:***@h/x");
+        assert_eq!(redact("amqp://u:p@w@h/x"), "amqp://u:***@h/x");
+        assert_eq!(redact("u:pw@h"), "u:***@h");
         assert_eq!(redact("no url"), "no url");
+
+        // Accepted URLs: '@' in the password is fine unencoded.
+        let u = BrokerUrl::parse("amqp://nova:p@Secret@h/nova").unwrap();
+        assert_eq!(u.host, "h");
+        for shown in [format!("{u}"), format!("{u:?}"), format!("{:?}", Some(&u))] {
+            assert!(!shown.contains("Secret"), "{shown}");
+            assert!(shown.contains("nova:***@h:5672/nova"), "{shown}");
+        }
     }
 }

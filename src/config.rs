@@ -169,7 +169,7 @@ impl ServerConfig {
                         ));
                     }
                 };
-                check_env_name(name, env_name)?;
+                crate::env_name::check(name, env_name)?;
                 let scheme = scheme.to_ascii_lowercase();
                 if !ENV_SCHEMES.contains(&scheme.as_str()) {
                     return Err(format!(
@@ -343,19 +343,6 @@ fn parse_number(name: &str, text: &str, min: u32, max: u32) -> Result<u32, Strin
     }
 }
 
-fn check_env_name(directive: &str, name: &str) -> Result<(), String> {
-    let mut bytes = name.bytes();
-    let first_ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
-    if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(format!(
-            "{directive}: '{name}' is not a valid environment variable name (letters, digits and '_', not starting with a digit)"
-        ));
-    }
-    Ok(())
-}
-
 fn read_ca_bundle(path: &str) -> Result<CaBundle, String> {
     let data = std::fs::read(path).map_err(|e| format!("cannot read CA file '{path}': {e}"))?;
     let mut certificates = Vec::new();
@@ -448,6 +435,11 @@ mod tests {
                 "AMQPHeartbeatEnv: unknown scheme 'amqps'",
             ),
             (Directive::Env, &["X", "a", "b"], "takes NAME [SCHEME]"),
+            (
+                Directive::Env,
+                &["LD_PRELOAD"],
+                "AMQPHeartbeatEnv: 'LD_PRELOAD' is reserved",
+            ),
             (
                 Directive::Broker,
                 &["ftp://h/"],
@@ -552,6 +544,32 @@ mod tests {
         );
         let b = BrokerUrl::parse("amqp://rabbit").unwrap();
         assert_eq!(published_url("amqp", listen, &b), "amqp://127.0.0.1:40001/");
+    }
+
+    /// What `apachectl -t` and any `{:?}` of a configuration record show:
+    /// never a password, however the URL is malformed.
+    #[test]
+    fn passwords_never_in_errors_or_debug() {
+        for url in [
+            "amqp://nova:Sup3r%Secret@h/",
+            "amqp://nova:pa/ssSecret@h:5672/nova",
+            "amqp://nova:p@ss/Secret@h:99999/",
+            "nova:Secret@h",
+        ] {
+            let err = cfg(&[(Directive::Broker, &["amqp://h/", url])]).unwrap_err();
+            assert!(err.starts_with("AMQPHeartbeatBroker: "), "{err}");
+            for fragment in ["Secret", "%Se", "ssS"] {
+                assert!(!err.contains(fragment), "{url}: {err}");
+            }
+        }
+        let c = cfg(&[(
+            Directive::Broker,
+            &["amqp://nova:p@Secret@h/nova", "amqps://nova:Secret@h2/"],
+        )])
+        .unwrap();
+        let shown = format!("{c:?} {:?}", c.relay_settings().unwrap());
+        assert!(!shown.contains("Secret"), "{shown}");
+        assert!(shown.contains("nova:***@h:5672/nova"), "{shown}");
     }
 
     #[test]

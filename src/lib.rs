@@ -5,9 +5,10 @@
 //!
 //! Layout and data flow:
 //!
-//! - [`config`] and [`broker_url`]: directive parsing, validation and the
-//!   Apache-style merge. Safe, unit-tested, no httpd symbols.
-//! - [`relay`]: the relay proper (its rules: docs/DESIGN.md, R1 to R13).
+//! - [`config`], [`broker_url`] and [`env_name`]: directive parsing,
+//!   validation and the Apache-style merge. Safe, unit-tested, no httpd
+//!   symbols.
+//! - [`relay`]: the relay proper (its rules: docs/DESIGN.md, R1 to R16).
 //!   [`relay::session`] is one relayed connection as a sans-I/O state
 //!   machine: bytes and the time in, actions out; its parts are
 //!   [`relay::session::phase`] (where the connection is),
@@ -26,7 +27,8 @@
 //!   checks that a client socket belongs to this process, and
 //!   [`relay::server`] accepts connections and runs the event loop.
 //! - [`relay_thread`]: the one native thread per child: signals blocked,
-//!   panics caught and the relay restarted, bounded stop.
+//!   panics caught and the relay restarted, bounded stop; [`log_gate`]
+//!   keeps its log calls out of a child that is freeing its pools.
 //! - `os`: a timerfd registered with tokio's reactor (one `unsafe` call,
 //!   the registration; see relay::deadline for why not tokio's timers) and
 //!   `SO_RCVLOWAT`.
@@ -48,6 +50,8 @@
 
 pub mod broker_url;
 pub mod config;
+pub mod env_name;
+pub mod log_gate;
 // The kernel interface below std, nix and tokio (a timerfd for the
 // heartbeat timers); see src/os/mod.rs.
 #[allow(unsafe_code)]

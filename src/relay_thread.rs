@@ -8,7 +8,13 @@
 //! - [`RelayThread::stop`] asks the relay to close every upstream with
 //!   Connection.Close and waits at most the given grace period: a child
 //!   never hangs on exit.
+//! - The listening ports outlive the relay: once it is not running (it
+//!   failed to start, gave up, or stopped), they refuse connections and
+//!   stay bound until the process exits, so nobody else can take the
+//!   published address.
 
+use crate::relay::listen::{self, HeldPorts};
+use crate::relay::resolve;
 use crate::relay::server::{self, Shutdown};
 use crate::relay::{EventLog, Level, RelayListener};
 use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
@@ -25,6 +31,7 @@ pub struct RelayThread {
     shutdown: Shutdown,
     finished: mpsc::Receiver<()>,
     thread: Option<std::thread::JoinHandle<()>>,
+    held: HeldPorts,
 }
 
 /// How [`RelayThread::stop`] ended.
@@ -42,14 +49,22 @@ impl RelayThread {
         listeners: Vec<RelayListener>,
         log: Arc<dyn EventLog>,
     ) -> Result<RelayThread, String> {
+        let sockets: Vec<_> = listeners.iter().map(|l| &l.listener).collect();
+        let held = HeldPorts::hold(&sockets)
+            .map_err(|e| format!("cannot hold the relay's listening sockets: {e}"))?;
+        // The thread never reads the environment: what it needs of it is
+        // taken now (TLS roots were loaded with the listeners).
+        resolve::capture_environment();
         let shutdown = Shutdown::new();
         let thread_shutdown = shutdown.clone();
         let (finished_tx, finished) = mpsc::channel();
 
         let all = SigSet::all();
         let mut previous = SigSet::empty();
-        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&all), Some(&mut previous))
-            .map_err(|e| format!("cannot block signals for the relay thread: {e}"))?;
+        if let Err(e) = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&all), Some(&mut previous)) {
+            held.refuse();
+            return Err(format!("cannot block signals for the relay thread: {e}"));
+        }
         let spawned = std::thread::Builder::new()
             .name("amqp-heartbeat".to_string())
             .spawn(move || {
@@ -58,22 +73,32 @@ impl RelayThread {
             });
         // Restore the caller's mask whatever happened: this is httpd's thread.
         let restored = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
-        let thread = spawned.map_err(|e| format!("cannot start the relay thread: {e}"))?;
+        let thread = match spawned {
+            Ok(thread) => thread,
+            Err(e) => {
+                held.refuse();
+                return Err(format!("cannot start the relay thread: {e}"));
+            }
+        };
         restored.map_err(|e| format!("cannot restore the signal mask: {e}"))?;
         Ok(RelayThread {
             shutdown,
             finished,
             thread: Some(thread),
+            held,
         })
     }
 
     /// Close every relayed connection (Connection.Close upstream) and stop
-    /// the thread, waiting at most `grace`.
+    /// the thread, waiting at most `grace`. From then on the ports refuse
+    /// connections and stay bound until the process exits.
     pub fn stop(mut self, grace: Duration) -> StopOutcome {
         // The relay uses most of the grace period for closing handshakes and
         // keeps a margin for its own exit.
         self.shutdown.trigger(grace.mul_f32(0.8));
-        match self.finished.recv_timeout(grace) {
+        let finished = self.finished.recv_timeout(grace);
+        self.held.refuse();
+        match finished {
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Some(t) = self.thread.take() {
                     let _ = t.join();
@@ -101,10 +126,16 @@ fn supervise(
         let copies = match copies {
             Ok(c) => c,
             Err(e) => {
+                // Nobody accepts any more: refuse, keep the ports.
+                for l in listeners {
+                    let _ = listen::refuse_from_now(&l.listener);
+                }
                 log.event(
                     0,
                     Level::Error,
-                    &format!("relay cannot reuse its listening sockets: {e}; relay stopped"),
+                    &format!(
+                        "relay cannot reuse its listening sockets: {e}; relay stopped, its ports refuse connections"
+                    ),
                 );
                 return;
             }
@@ -141,18 +172,8 @@ fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Directive, ServerConfig};
-    use std::sync::Mutex;
+    use crate::relay::test_support::{Collect, listener_to_nowhere};
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    struct Collect(Mutex<Vec<String>>);
-    impl EventLog for Collect {
-        fn event(&self, _: usize, _: Level, message: &str) {
-            if let Ok(mut v) = self.0.lock() {
-                v.push(message.to_string());
-            }
-        }
-    }
 
     static RUNS: AtomicUsize = AtomicUsize::new(0);
 
@@ -167,16 +188,39 @@ mod tests {
         server::run(listeners, shutdown, log)
     }
 
+    /// The relay at `addr` answers a wrong protocol header with AMQP's.
+    fn answers_with_protocol_header(addr: impl std::net::ToSocketAddrs) -> std::net::TcpStream {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.write_all(b"HTTP/1.0").unwrap();
+        let mut reply = [0u8; 8];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"AMQP\x00\x00\x09\x01");
+        stream
+    }
+
+    /// After the relay stopped (the child's exit, while the interpreter may
+    /// still run), its published port is neither free nor served: connects
+    /// are refused and no other socket can bind it.
+    #[test]
+    fn a_stopped_relay_keeps_its_port_and_refuses() {
+        let listener = listener_to_nowhere();
+        let port = listener.listener.local_addr().unwrap().port();
+        let thread = RelayThread::start(vec![listener], Arc::new(crate::relay::StderrLog)).unwrap();
+        // Served, and closed by the client first: a socket the relay had
+        // accepted and closed first would linger in TIME_WAIT on the port
+        // and hold it whatever the listener does.
+        drop(answers_with_protocol_header(("127.0.0.1", port)));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(thread.stop(Duration::from_secs(2)), StopOutcome::Clean);
+        crate::relay::listen::assert_held_and_refusing(port);
+    }
+
     #[test]
     fn a_panicking_relay_is_restarted_on_the_same_socket() {
-        let mut config = ServerConfig::default();
-        config
-            .apply(Directive::Broker, &["amqp://127.0.0.1:1/"])
-            .unwrap();
-        let listener =
-            RelayListener::bind_loopback(Arc::new(config.relay_settings().unwrap())).unwrap();
+        let listener = listener_to_nowhere();
         let addr = listener.listener.local_addr().unwrap();
-        let collect = Arc::new(Collect(Mutex::new(Vec::new())));
+        let collect = Collect::new();
         let log: Arc<dyn EventLog> = collect.clone();
         let shutdown = Shutdown::new();
         let thread_shutdown = shutdown.clone();
@@ -189,15 +233,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(100));
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        use std::io::{Read, Write};
-        stream.write_all(b"HTTP/1.0").unwrap();
-        let mut reply = [0u8; 8];
-        stream.read_exact(&mut reply).unwrap();
-        assert_eq!(&reply, b"AMQP\x00\x00\x09\x01");
+        answers_with_protocol_header(addr);
         shutdown.trigger(Duration::from_millis(100));
         thread.join().unwrap();
-        let messages = collect.0.lock().unwrap();
+        let messages = collect.messages();
         let panics = messages
             .iter()
             .filter(|m| m.contains("relay panicked: test panic"))

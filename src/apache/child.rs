@@ -12,18 +12,23 @@ use super::check::describe;
 use super::ffi::{Server, boundary, c_string, pool_owned};
 use super::wsgi_routing::{Routing, config_tree, noted_daemon_group};
 use crate::config::{EnvExport, RelaySettings, published_url};
+use crate::log_gate::LogGate;
 use crate::relay::{EventLog, Level, RelayListener};
 use crate::relay_thread::{RelayThread, StopOutcome};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, c_int};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How long the relay may take to close its upstreams when the child exits
 /// (the child's whole exit must stay under a second).
 const STOP_GRACE: Duration = Duration::from_millis(900);
+
+/// How long a timed-out stop waits for a relay log call in progress before
+/// the child goes on freeing its pools (a log line takes microseconds; a
+/// piped error log whose reader stalls could take longer).
+const LOG_DRAIN: Duration = Duration::from_millis(100);
 
 /// What each server publishes, (NAME, URL) pairs keyed by [`Server::key`].
 /// Written once in child_init, then only read, from any request thread.
@@ -263,19 +268,20 @@ pub(super) unsafe fn start(main: Server, set_environment: bool) -> Option<Vec<(S
         return Some(environment);
     }
     let count = listeners.len();
-    let muted = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(LogGate::new());
     let log = Arc::new(ApacheLog {
         servers: listener_servers,
         main,
-        muted: Arc::clone(&muted),
+        gate: Arc::clone(&gate),
     });
     match RelayThread::start(listeners, log) {
         Ok(thread) => {
             main.log(APLOG_INFO, &format!("relay thread started ({count} listener(s))"));
             let relay = ChildRelay {
                 thread: Some(thread),
+                pid: std::process::id(),
                 main,
-                muted,
+                gate,
             };
             // Attached to the child pool by amqphb_child_init_last.
             *STARTED.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
@@ -384,16 +390,13 @@ struct ApacheLog {
     /// By listener index, as given to the relay.
     servers: Vec<Server>,
     main: Server,
-    /// Set when the thread outlived its stop: the process is exiting and
-    /// the log may be going away.
-    muted: Arc<AtomicBool>,
+    /// Closed when the thread outlived its stop: the process is exiting
+    /// and the log may be going away.
+    gate: Arc<LogGate>,
 }
 
 impl EventLog for ApacheLog {
     fn event(&self, listener: usize, level: Level, message: &str) {
-        if self.muted.load(Ordering::Relaxed) {
-            return;
-        }
         let server = self.servers.get(listener).copied().unwrap_or(self.main);
         let level = match level {
             Level::Error => APLOG_ERR,
@@ -402,7 +405,7 @@ impl EventLog for ApacheLog {
             Level::Info => APLOG_INFO,
             Level::Debug => APLOG_DEBUG,
         };
-        server.log(level, message);
+        self.gate.pass(|| server.log(level, message));
     }
 }
 
@@ -410,8 +413,12 @@ impl EventLog for ApacheLog {
 /// relay.
 pub(super) struct ChildRelay {
     thread: Option<RelayThread>,
+    /// The process that started the thread. A process forked from the
+    /// child without exec (Python multiprocessing) inherits the pool and
+    /// its cleanup, but not the thread.
+    pid: u32,
     main: Server,
-    muted: Arc<AtomicBool>,
+    gate: Arc<LogGate>,
 }
 
 impl Drop for ChildRelay {
@@ -419,15 +426,36 @@ impl Drop for ChildRelay {
         let Some(thread) = self.thread.take() else {
             return;
         };
+        if std::process::id() != self.pid {
+            // Nothing to stop or wait for here: the thread lives only in
+            // the child. Its handle is left alone (no detach of a thread
+            // this process does not have).
+            std::mem::forget(thread);
+            self.main.log(
+                APLOG_DEBUG,
+                &format!(
+                    "exiting process forked from child {} without its relay thread; nothing to stop",
+                    self.pid
+                ),
+            );
+            return;
+        }
         match thread.stop(STOP_GRACE) {
             StopOutcome::Clean => self.main.log(APLOG_NOTICE, "relay thread stopped cleanly"),
             StopOutcome::TimedOut => {
-                self.muted.store(true, Ordering::Relaxed);
+                // From here on the thread never logs: what it was logging
+                // has finished (or LOG_DRAIN ran out, said below).
+                let drained = self.gate.close(LOG_DRAIN);
                 self.main.log(
                     APLOG_WARNING,
                     &format!(
-                        "relay thread did not stop within {} ms; it ends with the child",
-                        STOP_GRACE.as_millis()
+                        "relay thread did not stop within {} ms; it ends with the child, its log muted{}",
+                        STOP_GRACE.as_millis(),
+                        if drained {
+                            ""
+                        } else {
+                            " (one of its log calls was still running)"
+                        }
                     ),
                 );
             }

@@ -3,4 +3,6 @@
 //! each block says why it is sound.
 
 pub mod rcvlowat;
+pub mod sock_diag;
+pub mod socket_kind;
 pub mod timerfd;

@@ -14,16 +14,21 @@ pub mod driver;
 pub mod frame;
 pub mod heartbeat;
 pub mod io_buffers;
+pub mod listen;
 pub mod login;
 pub mod methods;
 pub mod panic_guard;
 pub mod peer;
 pub mod quiet;
 pub mod refusal;
+pub mod refusals;
+pub mod resolve;
 pub mod server;
 pub mod session;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
+#[cfg(test)]
+pub mod test_support;
 pub mod upstream;
 
 pub use session::events::Event;
@@ -50,7 +55,9 @@ pub trait EventLog: Send + Sync {
     /// A typed relay event; rendered to text in one place
     /// ([`Event`]'s `Display`). Override to keep the fields.
     fn record(&self, listener: usize, event: &Event) {
-        self.event(listener, event.level(), &event.to_string());
+        if event.is_logged() {
+            self.event(listener, event.level(), &event.to_string());
+        }
     }
 }
 
@@ -69,24 +76,30 @@ impl EventLog for StderrLog {
 pub struct RelayListener {
     pub listener: std::net::TcpListener,
     pub settings: Arc<RelaySettings>,
+    /// The TLS client set-up for `amqps://` brokers (`None` when there is
+    /// none), or why it failed. Built with the listener, before the relay
+    /// thread starts: loading the system roots reads the environment
+    /// (`SSL_CERT_FILE`, `SSL_CERT_DIR`), which the relay thread never does
+    /// (an interpreter may be writing it; see resolve.rs).
+    pub tls: Result<Option<tokio_rustls::TlsConnector>, String>,
 }
 
 impl RelayListener {
-    /// Bind an ephemeral port on 127.0.0.1 (close-on-exec, as every socket
-    /// std opens).
+    /// Bind an ephemeral port on 127.0.0.1 (close-on-exec), so that the
+    /// port stays bound after the relay stops listening (see listen.rs).
     pub fn bind_loopback(settings: Arc<RelaySettings>) -> std::io::Result<RelayListener> {
-        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
-        // std listens with a backlog of 128; a burst of connects beyond it
-        // would wait a whole SYN retry (1 s). Linux caps this at somaxconn.
-        nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN)?;
-        listener.set_nonblocking(true)?;
-        Ok(RelayListener { listener, settings })
+        Ok(RelayListener {
+            listener: listen::bind_loopback()?,
+            tls: upstream::tls_connector(&settings),
+            settings,
+        })
     }
 
     pub fn try_clone(&self) -> std::io::Result<RelayListener> {
         Ok(RelayListener {
             listener: self.listener.try_clone()?,
             settings: Arc::clone(&self.settings),
+            tls: self.tls.clone(),
         })
     }
 }

@@ -3,12 +3,12 @@
 //! One current-thread tokio runtime (the relay thread is the only thread it
 //! needs), one accept task per listener, one task per relayed connection.
 
-use crate::relay::closing;
 use crate::relay::driver::{self, ConnectionContext};
 use crate::relay::panic_guard::CatchPanic;
+use crate::relay::refusals::RefusalLog;
 use crate::relay::session::close_plan;
 use crate::relay::session::events::{Event, Refusal};
-use crate::relay::{EventLog, RelayListener, peer, refusal, upstream};
+use crate::relay::{EventLog, RelayListener, peer, refusal};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -77,7 +77,7 @@ async fn serve_all(
     let tracker = TaskTracker::new();
     let next_id = Arc::new(AtomicU64::new(1));
     for (index, spec) in listeners.into_iter().enumerate() {
-        let tls = match upstream::tls_connector(&spec.settings) {
+        let tls = match spec.tls {
             Ok(t) => t,
             Err(e) => {
                 log.record(index, &Event::TlsUnavailable { error: e });
@@ -93,6 +93,7 @@ async fn serve_all(
             tls,
             log: Arc::clone(&log),
             active: Arc::new(AtomicUsize::new(0)),
+            gentle: Arc::new(AtomicUsize::new(0)),
             next_id: Arc::clone(&next_id),
             tracker: tracker.clone(),
         };
@@ -118,17 +119,17 @@ struct Acceptor {
     tls: Option<tokio_rustls::TlsConnector>,
     log: Arc<dyn EventLog>,
     active: Arc<AtomicUsize>,
+    /// Refusals of this process's clients being told why (capped).
+    gentle: Arc<AtomicUsize>,
     next_id: Arc<AtomicU64>,
     tracker: TaskTracker,
 }
 
-/// Decrements the listener's connection count when a connection ends,
-/// however it ends.
 /// AMQP 0-9-1's reply code for a configured limit reached.
 const NOT_ALLOWED: u16 = 530;
 
-/// Decrements the listener's connection count when a connection ends,
-/// however it ends.
+/// Decrements a count (the listener's connections, its gentle refusals)
+/// when what it counts ends, however it ends.
 struct ActiveGuard(Arc<AtomicUsize>);
 
 impl Drop for ActiveGuard {
@@ -137,43 +138,101 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Refused clients of this process (too many connections) being told why
+/// at once, per listener; beyond it they are reset.
+const MAX_GENTLE_REFUSALS: usize = 16;
+
+/// What becomes of a new client.
+enum Verdict {
+    Accept,
+    /// It closed its end before it could be checked (nothing to refuse).
+    Gone,
+    Refuse(Refusal),
+}
+
+/// True when the client already closed its end without sending anything:
+/// a non-blocking peek sees the end of the stream (or a reset). Its socket
+/// is then gone from every process, so the peer check could not find it.
+fn closed_already(stream: &tokio::net::TcpStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ),
+        Ok(0) | Err(nix::errno::Errno::ECONNRESET)
+    )
+}
+
+/// Close at once with a reset (SO_LINGER 0): nothing is read, nothing
+/// lingers in the kernel, no task waits for it.
+fn reset(stream: tokio::net::TcpStream) {
+    let _ = nix::sys::socket::setsockopt(
+        &stream,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
+    drop(stream);
+}
+
 impl Acceptor {
-    /// Why a new client may not use the relay, if it may not.
-    fn refusal(&self, peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<Refusal> {
-        match peer::client_is_this_process(peer, local) {
-            Ok(true) => {}
-            Ok(false) => return Some(Refusal::NotThisProcess),
-            Err(e) => return Some(Refusal::OwnerUnknown(e.to_string())),
+    /// Whether a new client may use the relay.
+    fn verdict(
+        &self,
+        check: &mut peer::PeerCheck,
+        stream: &tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+    ) -> Verdict {
+        match check.holder(peer, local) {
+            Ok(peer::Holder::ThisProcess) => {}
+            Ok(peer::Holder::Gone) => return Verdict::Gone,
+            Ok(peer::Holder::OtherUser(uid)) => return Verdict::Refuse(Refusal::OtherUser(uid)),
+            Ok(peer::Holder::OtherProcess) if closed_already(stream) => return Verdict::Gone,
+            Ok(peer::Holder::OtherProcess) => return Verdict::Refuse(Refusal::NotThisProcess),
+            Err(e) => return Verdict::Refuse(Refusal::OwnerUnknown(e.to_string())),
         }
         let active = self.active.load(Ordering::Relaxed);
         let max = self.settings.max_connections as usize;
-        (active >= max).then_some(Refusal::TooMany { active, max })
+        if active >= max {
+            return Verdict::Refuse(Refusal::TooMany { active, max });
+        }
+        Verdict::Accept
     }
 
-    /// Refuse a client. A socket of another process (or of an unknown
-    /// one) is closed with a FIN rather than a reset (what it sent is read
-    /// and dropped briefly) and told nothing; this process's app, over
-    /// AMQPHeartbeatMaxConnections, is told why in AMQP (the relay's
-    /// Start, then Connection.Close 530; rule R15).
-    fn refuse(&self, mut stream: tokio::net::TcpStream, reason: Refusal) {
+    /// Refuse a client. A socket of another process (or of an unknown one)
+    /// is reset at once (SO_LINGER 0: nothing read, no task, nothing
+    /// lingers) and told nothing. This process's app, over
+    /// AMQPHeartbeatMaxConnections, is told why in AMQP (the relay's Start,
+    /// then Connection.Close 530; rule R15), at most MAX_GENTLE_REFUSALS at
+    /// once; beyond that it is reset too.
+    fn refuse(&self, mut stream: tokio::net::TcpStream, reason: &Refusal) {
+        if !matches!(reason, Refusal::TooMany { .. })
+            || self.gentle.load(Ordering::Relaxed) >= MAX_GENTLE_REFUSALS
+        {
+            reset(stream);
+            return;
+        }
+        self.gentle.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveGuard(Arc::clone(&self.gentle));
+        let text = format!("relay: {reason}");
         self.tracker.spawn(async move {
-            let now = std::time::Instant::now();
-            if let Refusal::TooMany { .. } = reason {
-                let text = format!("relay: {reason}");
-                let deadline = now + close_plan::CLOSE_TIMEOUT;
-                refusal::refuse(
-                    &mut stream,
-                    Default::default(),
-                    false,
-                    NOT_ALLOWED,
-                    &text,
-                    deadline,
-                )
-                .await;
-            } else {
-                let plan = close_plan::close_client_silently(now);
-                closing::execute(plan, &mut stream, None).await;
-            }
+            let deadline = std::time::Instant::now() + close_plan::CLOSE_TIMEOUT;
+            refusal::refuse(
+                &mut stream,
+                Default::default(),
+                false,
+                NOT_ALLOWED,
+                &text,
+                deadline,
+            )
+            .await;
+            drop(guard);
         });
     }
 
@@ -211,13 +270,33 @@ impl Acceptor {
                 return;
             }
         };
+        let mut check = peer::PeerCheck::new();
+        let mut refusals = RefusalLog::default();
         loop {
+            // The count of refusals not logged yet, when their interval
+            // ends; no timer at all while none is counted.
+            let due = refusals.due();
+            let summary = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             let accepted = tokio::select! {
                 r = self.listener.accept() => r,
                 _ = shutdown.wait_for(|v| v.is_some()) => return,
+                _ = summary => {
+                    if let Some(summary) = refusals.flush(std::time::Instant::now()) {
+                        self.log.record(self.index, &Event::RefusalsCounted { summary });
+                    }
+                    continue;
+                }
             };
             let (stream, peer) = match accepted {
                 Ok(a) => a,
+                // The listener was shut down (listen.rs): a stop that timed
+                // out, the process is exiting. Nothing more to accept.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
                     self.log.record(
@@ -235,16 +314,32 @@ impl Acceptor {
             if crate::relay::test_hooks::acceptor_should_panic(local.port()) {
                 panic!("test-hooks: the acceptor was asked to panic");
             }
-            if let Some(reason) = self.refusal(peer, local) {
-                self.log.record(
-                    self.index,
-                    &Event::Refused {
-                        peer,
-                        reason: reason.clone(),
-                    },
-                );
-                self.refuse(stream, reason);
-                continue;
+            match self.verdict(&mut check, &stream, peer, local) {
+                Verdict::Accept => {}
+                Verdict::Gone => {
+                    self.log
+                        .record(self.index, &Event::ClosedBeforeAccepted { peer });
+                    reset(stream);
+                    continue;
+                }
+                Verdict::Refuse(reason) => {
+                    self.refuse(stream, &reason);
+                    let text = format!("refused {peer}: {reason}");
+                    let said = refusals.refused(std::time::Instant::now(), text);
+                    if let Some(summary) = said.summary {
+                        self.log
+                            .record(self.index, &Event::RefusalsCounted { summary });
+                    }
+                    self.log.record(
+                        self.index,
+                        &Event::Refused {
+                            peer,
+                            reason,
+                            logged: said.log_this,
+                        },
+                    );
+                    continue;
+                }
             }
             self.active.fetch_add(1, Ordering::Relaxed);
             let guard = ActiveGuard(Arc::clone(&self.active));
@@ -268,5 +363,125 @@ impl Acceptor {
                 drop(guard);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::Level;
+    use crate::relay::test_support::{Collect, listener_to_nowhere};
+
+    /// The relay on one listener, on a thread of its own.
+    struct Running {
+        log: Arc<Collect>,
+        shutdown: Shutdown,
+        thread: std::thread::JoinHandle<Result<(), String>>,
+    }
+
+    impl Running {
+        fn start(listener: RelayListener) -> Running {
+            let log = Collect::new();
+            let shutdown = Shutdown::new();
+            let thread = {
+                let (shutdown, log) = (shutdown.clone(), Arc::clone(&log) as Arc<dyn EventLog>);
+                std::thread::spawn(move || run(vec![listener], shutdown, log))
+            };
+            Running {
+                log,
+                shutdown,
+                thread,
+            }
+        }
+
+        fn stop(self) {
+            self.shutdown.trigger(Duration::from_millis(100));
+            self.thread.join().unwrap().unwrap();
+        }
+    }
+
+    /// A flood of connections from another user: each is reset at once
+    /// (no task, no linger) and the log gets one line, not one per
+    /// connection (the count follows when the interval ends).
+    #[test]
+    fn a_flood_from_another_user_is_reset_and_logged_once() {
+        let listener = listener_to_nowhere();
+        let port = listener.listener.local_addr().unwrap().port();
+        let relay = Running::start(listener);
+        let collect = Arc::clone(&relay.log);
+        // Debian's python3 (readable by nobody), as nobody: the test runs
+        // as root.
+        let script = format!(
+            r#"
+import os, socket
+os.setuid(65534)
+resets = 0
+for _ in range(200):
+    try:
+        with socket.create_connection(("127.0.0.1", {port}), timeout=5) as s:
+            s.recv(1)
+    except ConnectionResetError:
+        resets += 1
+print(resets)
+"#
+        );
+        let out = std::process::Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let resets: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        collect.wait_for("uid 65534", Duration::from_secs(5));
+        relay.stop();
+        assert_eq!(resets, 200, "refused connections were not reset");
+        let warnings: Vec<_> = collect
+            .events()
+            .into_iter()
+            .filter(|(l, _)| *l <= Level::Warn)
+            .collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].1.contains("its socket belongs to uid 65534"));
+    }
+
+    /// A listener shut down under a running relay (a stop that timed out
+    /// refuses on its ports) ends its acceptor quietly: no error per
+    /// failed accept until the process exits.
+    #[test]
+    fn a_listener_shut_down_under_the_relay_ends_its_acceptor_quietly() {
+        let listener = listener_to_nowhere();
+        let held = listener.listener.try_clone().unwrap();
+        let relay = Running::start(listener);
+        std::thread::sleep(Duration::from_millis(100));
+        crate::relay::listen::refuse_from_now(&held).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        let events = relay.log.events();
+        relay.stop();
+        assert!(events.iter().all(|(l, _)| *l > Level::Warn), "{events:?}");
+    }
+
+    /// A client that connects and closes at once is gone before the relay
+    /// checks whose it is: that is an early close (info), not a refusal of
+    /// another process (warn).
+    #[test]
+    fn a_client_that_closed_at_once_is_not_a_refusal() {
+        let listener = listener_to_nowhere();
+        let addr = listener.listener.local_addr().unwrap();
+        // Connected and closed while nobody accepts yet: the relay finds it
+        // in the backlog, its socket already gone from this process.
+        drop(std::net::TcpStream::connect(addr).unwrap());
+        let relay = Running::start(listener);
+        let collect = Arc::clone(&relay.log);
+        let (level, _) = collect.wait_for(
+            "closed its connection before it was accepted",
+            Duration::from_secs(5),
+        );
+        relay.stop();
+        assert_eq!(level, Level::Info);
+        assert!(
+            !collect.events().iter().any(|(l, _)| *l <= Level::Warn),
+            "{:?}",
+            collect.events()
+        );
     }
 }

@@ -9,12 +9,14 @@
 //!
 //! Everything here is async on the relay's event loop, so a slow dial never
 //! delays the other connections' heartbeats. Host names that are not IP
-//! literals are resolved by tokio on a short-lived blocking thread (it
-//! inherits the relay thread's blocked signal mask); IP literals need none.
+//! literals are resolved by resolve.rs (a helper process, on a short-lived
+//! blocking thread), without reading this process's environment; IP
+//! literals need none.
 
 use crate::broker_url::BrokerUrl;
 use crate::config::RelaySettings;
 use crate::relay::frame::{PROTOCOL_HEADER, Scan, scan};
+use crate::relay::resolve;
 use crate::relay::session::HANDSHAKE_FRAME_MAX;
 use bytes::BytesMut;
 use rustls::pki_types::ServerName;
@@ -52,7 +54,8 @@ struct Connected {
 }
 
 /// TLS client configuration for one listener: the configured CA bundle, or
-/// the system roots. Built once, when the relay starts.
+/// the system roots. Built once, with the listener, before the relay thread
+/// starts (rustls-native-certs reads `SSL_CERT_FILE`/`SSL_CERT_DIR`).
 pub fn tls_connector(settings: &RelaySettings) -> Result<Option<TlsConnector>, String> {
     if !settings.brokers.iter().any(|b| b.tls) {
         return Ok(None);
@@ -86,7 +89,8 @@ pub fn tls_connector(settings: &RelaySettings) -> Result<Option<TlsConnector>, S
 pub async fn dial(settings: &RelaySettings, tls: Option<&TlsConnector>) -> Result<Dialed, String> {
     let mut failures = Vec::new();
     for (index, broker) in settings.brokers.iter().enumerate() {
-        match tokio::time::timeout(settings.connect_timeout, dial_one(broker, tls)).await {
+        let limit = settings.connect_timeout;
+        match tokio::time::timeout(limit, dial_one(broker, tls, limit)).await {
             Ok(Ok((connected, first_bytes))) => {
                 return Ok(Dialed {
                     stream: connected.stream,
@@ -109,8 +113,9 @@ pub async fn dial(settings: &RelaySettings, tls: Option<&TlsConnector>) -> Resul
 async fn dial_one(
     broker: &BrokerUrl,
     tls: Option<&TlsConnector>,
+    limit: std::time::Duration,
 ) -> Result<(Connected, BytesMut), String> {
-    let mut connected = connect(broker, tls).await?;
+    let mut connected = connect(broker, tls, limit).await?;
     let stream = &mut connected.stream;
     stream
         .write_all(&PROTOCOL_HEADER)
@@ -143,13 +148,14 @@ async fn dial_one(
     }
 }
 
-async fn connect(broker: &BrokerUrl, tls: Option<&TlsConnector>) -> Result<Connected, String> {
+async fn connect(
+    broker: &BrokerUrl,
+    tls: Option<&TlsConnector>,
+    limit: std::time::Duration,
+) -> Result<Connected, String> {
     let addrs: Vec<SocketAddr> = match broker.host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, broker.port)],
-        Err(_) => tokio::net::lookup_host((broker.host.as_str(), broker.port))
-            .await
-            .map_err(|e| format!("cannot resolve {}: {e}", broker.host))?
-            .collect(),
+        Err(_) => resolve::resolve(&broker.host, broker.port, limit).await?,
     };
     let mut last_error = format!("{} resolved to no address", broker.host);
     let mut connected = None;

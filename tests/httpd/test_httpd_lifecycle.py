@@ -3,6 +3,8 @@ thread or process is left, the parent never gets a thread, and the error log
 shows each child's relay thread stopping cleanly."""
 
 import re
+import signal
+import time
 
 import pytest
 
@@ -84,3 +86,25 @@ def test_graceful_stop(module_so, make_httpd):
     left = procs.wait_gone(sorted(answers) + [h.parent_pid], PROMPT)
     assert not left, procs.describe(left)
     assert_clean_stop_logged(h, answers)
+
+
+def test_forked_worker_does_not_stop_the_relay(module_so, make_httpd):
+    """A multiprocessing worker forked from a child (no exec; Python forks
+    only from the main interpreter, hence %{GLOBAL}) inherits the
+    child pool's cleanup: SIGTERM (httpd's handler in the worker) runs it.
+    The worker has no relay thread: it must not wait for one, nor log that
+    the relay did not stop; the child's own relay keeps serving."""
+    body = "AMQPHeartbeatBroker amqp://127.0.0.1:%d/\n" % ports.free_port() + wsgi_body(app="fork.wsgi", group="%{GLOBAL}")
+    h = make_httpd(body, wsgi=True, servers=1).start()
+    answer = h.get_json("/")
+    child, worker = answer["pid"], answer["worker"]
+    assert procs.alive(worker), answer
+    time.sleep(0.3)  # the worker is in its sleep
+    procs.kill([worker], signal.SIGTERM)
+    assert not procs.wait_gone([worker], PROMPT), procs.describe([worker])
+    time.sleep(0.2)  # the log write of a slow worker
+    worker_lines = h.log_lines(r"amqp_heartbeat", pid=worker)
+    assert not [ln for ln in worker_lines if not re.search(r"\[amqp_heartbeat:(debug|info)\]", ln)], (
+        "the forked worker logged about a relay it does not have:\n%s" % "\n".join(worker_lines))
+    assert procs.alive(child)
+    assert procs.thread_names(child).count("amqp-heartbeat") == 1, procs.thread_names(child)

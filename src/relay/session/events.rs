@@ -60,14 +60,23 @@ pub enum EndKind {
 /// Why a listener refused a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
+    /// Held by a process of another user (NETLINK_SOCK_DIAG's answer).
+    OtherUser(u32),
     NotThisProcess,
     OwnerUnknown(String),
-    TooMany { active: usize, max: usize },
+    TooMany {
+        active: usize,
+        max: usize,
+    },
 }
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Refusal::OtherUser(uid) => write!(
+                f,
+                "its socket belongs to uid {uid} (only this httpd child's app may use its relay)"
+            ),
             Refusal::NotThisProcess => f.write_str(
                 "its socket is not held by this process (only this httpd child's app may use its relay)",
             ),
@@ -136,9 +145,21 @@ pub enum Event {
         bytes_to_broker: u64,
         bytes_to_client: u64,
     },
+    /// Every refusal is recorded (the status counters count them all);
+    /// only `logged` ones are written to the error log, the others are
+    /// summed up by `RefusalsCounted` (rate limit, relay::refusals).
     Refused {
         peer: SocketAddr,
         reason: Refusal,
+        logged: bool,
+    },
+    /// Refusals of the last interval that were not logged one by one.
+    RefusalsCounted {
+        summary: String,
+    },
+    /// A client closed its connection before it could be checked.
+    ClosedBeforeAccepted {
+        peer: SocketAddr,
     },
     AcceptFailed {
         local: SocketAddr,
@@ -164,13 +185,21 @@ pub enum Event {
 }
 
 impl Event {
+    /// Whether the event goes to the error log (a rate-limited refusal is
+    /// only counted).
+    pub fn is_logged(&self) -> bool {
+        !matches!(self, Event::Refused { logged: false, .. })
+    }
+
     pub fn level(&self) -> Level {
         match self {
             Event::ClosedBeforeHeader { .. } => Level::Debug,
             Event::Relayed { .. } | Event::Closed { .. } => Level::Info,
             Event::WrongProtocolHeader { .. }
             | Event::NoProtocolHeader { .. }
-            | Event::Refused { .. } => Level::Warn,
+            | Event::Refused { .. }
+            | Event::RefusalsCounted { .. } => Level::Warn,
+            Event::ClosedBeforeAccepted { .. } => Level::Info,
             Event::SentClose { kind, .. } => match kind {
                 EndKind::BrokerLost | EndKind::ClientBadFrame => Level::Warn,
                 _ => Level::Error,
@@ -262,7 +291,14 @@ impl fmt::Display for Event {
                 "closed: {reason} (after {:.1}s, {bytes_to_broker} bytes to the broker, {bytes_to_client} bytes to the client)",
                 after.as_secs_f64()
             ),
-            Event::Refused { peer, reason } => write!(f, "refused {peer}: {reason}"),
+            Event::Refused { peer, reason, .. } => write!(f, "refused {peer}: {reason}"),
+            Event::RefusalsCounted { summary } => f.write_str(summary),
+            Event::ClosedBeforeAccepted { peer } => {
+                write!(
+                    f,
+                    "client {peer} closed its connection before it was accepted"
+                )
+            }
             Event::AcceptFailed { local, error } => write!(f, "accept on {local} failed: {error}"),
             Event::ListenerUnusable { error } => write!(f, "listener has no address: {error}"),
             Event::TlsUnavailable { error } => {

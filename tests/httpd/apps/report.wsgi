@@ -9,6 +9,8 @@
 # name's URL and read it back: "ok" or the error as the client raised it),
 # client=kombu|pika (for publish; default kombu), hold=N (for publish: hold N
 # other connections open meanwhile).
+# handshake=1 (send each URL's host:port AMQP 0-9-1's protocol header and
+# report what came back before the end of stream, as hex).
 import ctypes
 import json
 import os
@@ -98,6 +100,19 @@ def publish_and_get(url, client="kombu", hold=0):
         trip = _pika_round_trip if client == "pika" else _kombu_round_trip
         payload = trip(url, hold)
         return "ok" if payload == "through the relay" else "wrong payload %r" % (payload,)
+def try_handshake(url):
+    if not url:
+        return None
+    try:
+        netloc = urllib.parse.urlsplit(url)
+        with socket.create_connection((netloc.hostname, netloc.port), timeout=10) as s:
+            s.sendall(b"AMQP\x00\x00\x09\x01")
+            got = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return got.hex()
+                got += chunk
     except Exception as e:
         return "error: %r" % (e,)
 
@@ -112,6 +127,8 @@ def application(environ, start_response):
         env[n] = {"os.environ": os.environ.get(n), "getenv": c_getenv(n), "wsgi": environ.get(n)}
         if q.get("connect") == ["1"]:
             env[n]["connect"] = try_connect(env[n]["os.environ"] or env[n]["getenv"])
+        if q.get("handshake") == ["1"]:
+            env[n]["handshake"] = try_handshake(env[n]["os.environ"] or env[n]["getenv"])
     extra = {}
     if q.get("dump") == ["1"]:
         extra["process_environ"] = dict(os.environ)

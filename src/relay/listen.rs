@@ -1,0 +1,146 @@
+//! The relay's loopback port, held for the whole life of the process.
+//!
+//! The URL published to the app names `127.0.0.1:PORT`. If the port were
+//! freed while the app still runs (the relay failed to start, gave up, or
+//! stopped at child exit while the interpreter tears down), any local user
+//! could bind it and receive the app's next connection, credentials and
+//! all. So a relay that is not running *refuses* connections on its port
+//! without freeing it:
+//!
+//! - The listener is bound to an explicit port. The kernel keeps an
+//!   explicitly bound port when the socket stops listening (it frees an
+//!   ephemeral one, bound as port 0): so a first socket asks for an
+//!   ephemeral port, the listener binds that port by number, and the first
+//!   socket goes. Both have SO_REUSEADDR for that step only (neither
+//!   listens, so the kernel allows it); the listener then clears it, so no
+//!   other socket can share the port, listening or not.
+//! - [`refuse_from_now`] stops listening (shutdown(SHUT_RD) on a listening
+//!   socket): connects get a reset (ECONNREFUSED) and the port stays bound.
+//! - [`HeldPorts`] keeps a duplicate of each listening socket, so whatever
+//!   happens to the relay's own descriptors, the socket outlives it; its
+//!   [`HeldPorts::refuse`] leaves the descriptors open until the process
+//!   exits.
+
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, getsockname, listen, setsockopt,
+    shutdown, socket, sockopt,
+};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+
+/// A non-blocking listener on an ephemeral port of 127.0.0.1, bound so that
+/// it keeps its port after it stops listening (see the module comment).
+pub fn bind_loopback() -> io::Result<TcpListener> {
+    let ephemeral = reusable_socket()?;
+    bind(
+        ephemeral.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
+    )?;
+    let port = getsockname::<SockaddrIn>(ephemeral.as_raw_fd())?.port();
+    let held = reusable_socket()?;
+    bind(
+        held.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+    )?;
+    drop(ephemeral);
+    setsockopt(&held, sockopt::ReuseAddr, &false)?;
+    // A burst of connects beyond std's usual backlog of 128 would wait a
+    // whole SYN retry (1 s). Linux caps this at somaxconn.
+    listen(&held, Backlog::MAXCONN)?;
+    let listener = TcpListener::from(held);
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+fn reusable_socket() -> io::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    Ok(fd)
+}
+
+/// Stop listening on `listener`'s socket (shared by all its duplicates):
+/// new connects are refused, the port stays bound.
+pub fn refuse_from_now(listener: &impl AsFd) -> io::Result<()> {
+    shutdown(
+        listener.as_fd().as_raw_fd(),
+        nix::sys::socket::Shutdown::Read,
+    )?;
+    Ok(())
+}
+
+/// Duplicates of the relay's listening sockets, kept apart from the relay.
+pub struct HeldPorts(Vec<TcpListener>);
+
+impl HeldPorts {
+    pub fn hold(listeners: &[&TcpListener]) -> io::Result<HeldPorts> {
+        let copies: io::Result<Vec<TcpListener>> =
+            listeners.iter().map(|l| l.try_clone()).collect();
+        Ok(HeldPorts(copies?))
+    }
+
+    /// The relay is not running any more: refuse connects, and keep the
+    /// ports bound until the process exits (the descriptors are never
+    /// closed; a process forked from this one holds them too).
+    pub fn refuse(self) {
+        for listener in self.0 {
+            let _ = refuse_from_now(&listener);
+            let _ = listener.into_raw_fd();
+        }
+    }
+}
+
+/// What the port looks like to another process: bound (any bind fails,
+/// with or without SO_REUSEADDR) and refusing.
+#[cfg(test)]
+pub fn assert_held_and_refusing(port: u16) {
+    for reuse in [false, true] {
+        let other = reusable_socket().unwrap();
+        setsockopt(&other, sockopt::ReuseAddr, &reuse).unwrap();
+        let bound = bind(
+            other.as_raw_fd(),
+            &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+        );
+        assert_eq!(
+            bound,
+            Err(nix::errno::Errno::EADDRINUSE),
+            "another socket could bind the relay's port {port} (SO_REUSEADDR {reuse})"
+        );
+    }
+    let connect = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port));
+    assert_eq!(
+        connect.map(|_| ()).map_err(|e| e.kind()),
+        Err(io::ErrorKind::ConnectionRefused)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+
+    #[test]
+    fn a_listener_that_stops_listening_keeps_its_port() {
+        let listener = bind_loopback().unwrap();
+        let port = listener.local_addr().unwrap().port();
+        TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        // While it listens, nobody else binds the port either.
+        let other = reusable_socket().unwrap();
+        assert!(
+            bind(
+                other.as_raw_fd(),
+                &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+            )
+            .is_err()
+        );
+        let held = HeldPorts::hold(&[&listener]).unwrap();
+        drop(listener);
+        held.refuse();
+        assert_held_and_refusing(port);
+    }
+}
