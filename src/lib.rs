@@ -53,6 +53,7 @@ pub mod config;
 mod os;
 pub mod relay;
 pub mod relay_thread;
+pub mod status;
 
 #[allow(unsafe_code)]
 mod apache;

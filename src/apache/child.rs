@@ -9,6 +9,7 @@ use super::bindings::{
 };
 use super::check::describe;
 use super::ffi::{Server, boundary, c_string, pool_owned};
+use super::status;
 use crate::config::{EnvExport, RelaySettings, published_url};
 use crate::relay::{EventLog, Level, RelayListener};
 use crate::relay_thread::{RelayThread, StopOutcome};
@@ -200,10 +201,12 @@ unsafe fn start(main: Server) {
 
     let mut listeners = Vec::new();
     let mut listener_servers = Vec::new();
+    let mut listener_names = Vec::new();
     for group in groups {
-        if let Some((listener, _)) = group.bound {
+        if let Some((listener, addr)) = group.bound {
             listeners.push(listener);
             listener_servers.push(group.server);
+            listener_names.push((status::server_name(group.server), addr.port()));
         }
     }
     if listeners.is_empty() {
@@ -216,6 +219,7 @@ unsafe fn start(main: Server) {
         main,
         muted: Arc::clone(&muted),
     });
+    let (log, status) = status::attach(&listener_names, log);
     match RelayThread::start(listeners, log) {
         Ok(thread) => {
             main.log(APLOG_INFO, &format!("relay thread started ({count} listener(s))"));
@@ -223,6 +227,7 @@ unsafe fn start(main: Server) {
                 thread: Some(thread),
                 main,
                 muted,
+                _status: status,
             };
             // Attached to the child pool by amqphb_child_init_last.
             *STARTED.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
@@ -347,6 +352,8 @@ struct ChildRelay {
     thread: Option<RelayThread>,
     main: Server,
     muted: Arc<AtomicBool>,
+    /// Given back after the thread stopped (fields drop after `drop`).
+    _status: Option<status::StatusSlot>,
 }
 
 impl Drop for ChildRelay {

@@ -12,6 +12,9 @@
 //! - [`child`]: `child_init` binds the loopback listeners, publishes the
 //!   relay URLs (process environment, then per request in `fixups`), starts
 //!   the relay thread and registers its stop on the child pool.
+//! - [`status`]: the status page's shared table (made at post_config),
+//!   each relay's slot, the `amqp-heartbeat-status` handler and
+//!   mod_status's `status_hook`.
 //! - [`ffi`]: the small helpers every entry uses: the panic boundary, C
 //!   strings, the `server_rec` handle and the log bridge.
 //!
@@ -23,3 +26,4 @@ mod check;
 mod child;
 mod ffi;
 mod server_config;
+mod status;

@@ -3,4 +3,5 @@
 //! each block says why it is sound.
 
 pub mod rcvlowat;
+pub mod shm;
 pub mod timerfd;

@@ -148,8 +148,16 @@ pub async fn serve(
         quiet: dialed.plain_fd.map(QuietSocket::new),
     };
 
+    // The status page's entry (src/status/): relaxed stores per wakeup.
+    let entry = ctx.log.status().and_then(|slot| slot.connection(id));
     let ending = tokio::select! {
-        e = poll_fn(|cx| pump.poll(cx)) => e,
+        e = poll_fn(|cx| {
+            let polled = pump.poll(cx);
+            if let Some(entry) = entry {
+                entry.update(&pump.session.traffic());
+            }
+            polled
+        }) => e,
         grace = wait_shutdown(&mut shutdown) => Ending::Shutdown(grace),
     };
     let plan = pump.session.close(ending, Instant::now());

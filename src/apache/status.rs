@@ -1,0 +1,215 @@
+//! The status page's httpd side: the shared table of relay slots made in
+//! the parent at post_config, a slot claimed by each relay process in the
+//! shared start path (child_init), the `amqp-heartbeat-status` handler
+//! and mod_status's `status_hook` (the C shim registers both).
+//!
+//! One table serves the parent's whole life: a graceful restart (post_config
+//! again) keeps it, so children of the old generation, still finishing
+//! their requests, stay listed next to the new ones; only a higher process
+//! limit makes a new, larger table (old children then write the old one
+//! and drop off the page). Slots are claimed by pid with a CAS, and freed
+//! when their process exits, or found dead (pid gone, or reused: the
+//! process start time differs) when a page is rendered or a slot claimed.
+
+use super::bindings::{OK, request_rec, server_rec};
+use super::ffi::{Server, boundary, c_str};
+use crate::relay::EventLog;
+use crate::status::counting::{CountingLog, unix_ms_now};
+use crate::status::layout::{KIND_HTTPD_CHILD, Slot};
+use crate::status::{render, view};
+use std::ffi::{c_char, c_int};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Slots beyond the MPM's process limit, for relays in mod_wsgi daemon
+/// processes (forked by the parent too, outside the scoreboard).
+const DAEMON_SLOTS: usize = 64;
+
+/// The table, made by the parent, inherited by every child.
+static TABLE: Mutex<Option<&'static [Slot]>> = Mutex::new(None);
+
+fn table() -> Option<&'static [Slot]> {
+    *TABLE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+unsafe extern "C" {
+    fn amqphb_respond(
+        r: *mut request_rec,
+        status: c_int,
+        content_type: *const c_char,
+        body: *const c_char,
+        len: usize,
+    );
+}
+
+/// `post_config`, in the parent (and once before it detaches): make the
+/// table for `hard_limit` processes plus daemon slots, unless the one
+/// already made is large enough. Never fails the start: without a table,
+/// the page says so.
+///
+/// # Safety
+/// `s` is NULL or the main server_rec; called while the process has one
+/// thread (httpd's configuration phase).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn amqphb_post_config(s: *mut server_rec, hard_limit: c_int) -> c_int {
+    // SAFETY: NULL or the main server (contract above).
+    let main = unsafe { Server::from_raw(s) };
+    boundary("post_config", main, OK as c_int, || {
+        let any_relay = main
+            .all()
+            .iter()
+            .any(|s| s.config().and_then(|c| c.core.relay_settings()).is_some());
+        if !any_relay {
+            return OK as c_int;
+        }
+        let wanted = usize::try_from(hard_limit).unwrap_or(0).max(1) + DAEMON_SLOTS;
+        let mut current = TABLE.lock().unwrap_or_else(|p| p.into_inner());
+        if current.is_some_and(|t| t.len() >= wanted) {
+            return OK as c_int;
+        }
+        let len = wanted * size_of::<Slot>();
+        match crate::os::shm::shared_zeroed(len) {
+            Ok(ptr) => {
+                // SAFETY: `len` bytes, page-aligned (more than Slot's
+                // alignment), zero-filled (a valid Slot: atomics only),
+                // shared with every child and never unmapped, so
+                // 'static; only ever accessed through the atomics.
+                let slots = unsafe {
+                    std::slice::from_raw_parts(ptr.as_ptr().cast::<Slot>(), wanted)
+                };
+                *current = Some(slots);
+            }
+            Err(e) => main.log(
+                super::bindings::APLOG_ERR,
+                &format!("cannot make the status table ({len} bytes): {e}; amqp-heartbeat-status shows nothing"),
+            ),
+        }
+        OK as c_int
+    })
+}
+
+/// This process's slot; given back when dropped (the process exits).
+pub(super) struct StatusSlot {
+    slot: &'static Slot,
+    pid: u32,
+}
+
+impl Drop for StatusSlot {
+    fn drop(&mut self) {
+        view::release(self.slot, self.pid);
+    }
+}
+
+/// Claim a slot for this relay process (listeners: server name and port,
+/// in the relay's order) and wrap `log` so it counts into it. Without a
+/// table or a free slot, `log` is returned as is.
+pub(super) fn attach(
+    listeners: &[(String, u16)],
+    log: Arc<dyn EventLog>,
+) -> (Arc<dyn EventLog>, Option<StatusSlot>) {
+    let Some(slots) = table() else {
+        return (log, None);
+    };
+    let pid = std::process::id();
+    let start = view::process_start(pid).map_or(0, |(start, _)| start);
+    let Some(slot) = view::claim(slots, pid, start, KIND_HTTPD_CHILD, view::process_alive) else {
+        log.event(
+            0,
+            crate::relay::Level::Warn,
+            "no free slot in the status table; this relay is not on the status page",
+        );
+        return (log, None);
+    };
+    for (index, (server, port)) in listeners.iter().enumerate() {
+        slot.set_listener(index, server, *port);
+    }
+    slot.running.store(1, Relaxed);
+    let counting: Arc<dyn EventLog> = Arc::new(CountingLog::new(log, slot));
+    (counting, Some(StatusSlot { slot, pid }))
+}
+
+/// How a server is labelled on the page: its ServerName.
+pub(super) fn server_name(server: Server) -> String {
+    server
+        .hostname()
+        .map_or_else(|| "(no ServerName)".to_string(), |h| h.into_owned())
+}
+
+fn snapshot() -> Vec<view::ProcessView> {
+    table().map_or_else(Vec::new, |t| view::snapshot(t, view::process_alive))
+}
+
+/// The handler for `SetHandler amqp-heartbeat-status` (the shim checked
+/// the handler name and the method): HTML, `?json`, `?metrics`, `?health`.
+///
+/// # Safety
+/// `r` is the live request; `args` is NULL or its query string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn amqphb_status_handler(r: *mut request_rec, args: *const c_char) -> c_int {
+    // SAFETY: NULL or the request's query string, alive during the request.
+    let args = unsafe { c_str(args) }.map(|a| a.to_string_lossy().into_owned());
+    // SAFETY: r is the live request; its server is one of httpd's.
+    let server = unsafe { Server::from_raw(r.as_ref().map_or(std::ptr::null(), |r| r.server)) };
+    boundary("status handler", server, 500, || {
+        let processes = snapshot();
+        let now = unix_ms_now();
+        let format = args
+            .as_deref()
+            .unwrap_or("")
+            .split('&')
+            .next()
+            .unwrap_or("");
+        let (status, content_type, body) = match format {
+            "json" => (200, "application/json", render::json(&processes, now)),
+            "metrics" => (
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                render::metrics(&processes, now),
+            ),
+            "health" => match render::health(&processes, now) {
+                Ok(text) => (200, "text/plain; charset=utf-8", text),
+                Err(text) => (503, "text/plain; charset=utf-8", text),
+            },
+            _ => (
+                200,
+                "text/html; charset=utf-8",
+                render::html(&processes, now),
+            ),
+        };
+        respond(r, status, content_type, &body);
+        OK as c_int
+    })
+}
+
+/// mod_status's `status_hook`: summary lines on server-status (`short`:
+/// the `?auto` form).
+///
+/// # Safety
+/// `r` is the live request being answered by mod_status.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn amqphb_status_summary(r: *mut request_rec, short: c_int) -> c_int {
+    // SAFETY: r is the live request; its server is one of httpd's.
+    let server = unsafe { Server::from_raw(r.as_ref().map_or(std::ptr::null(), |r| r.server)) };
+    boundary("status hook", server, OK as c_int, || {
+        let text = render::summary(&snapshot(), unix_ms_now(), short != 0);
+        respond(r, 0, "", &text);
+        OK as c_int
+    })
+}
+
+/// Write `body` (status 0 and an empty type: leave them as they are).
+fn respond(r: *mut request_rec, status: c_int, content_type: &str, body: &str) {
+    let content_type = super::ffi::c_string(content_type);
+    // SAFETY: r is the live request (callers' contract); the strings
+    // outlive the call, which copies what it keeps into the request pool.
+    unsafe {
+        amqphb_respond(
+            r,
+            status,
+            content_type.as_ptr(),
+            body.as_ptr().cast(),
+            body.len(),
+        )
+    };
+}
