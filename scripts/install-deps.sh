@@ -2,7 +2,7 @@
 # Install, with apt-get, whatever the build, the tests and the demo need and
 # this machine lacks. Idempotent: does nothing when all is there.
 set -e
-PACKAGES="apache2 apache2-dev libclang-dev clang libapache2-mod-wsgi-py3 rabbitmq-server
+PACKAGES="apache2 apache2-dev libclang-dev clang libapache2-mod-wsgi-py3 rabbitmq-server python3-prometheus-client
 python3-eventlet python3-kombu python3-oslo.messaging python3-pytest curl procps openssl"
 missing=""
 for p in $PACKAGES; do

@@ -9,13 +9,16 @@ use crate::status::layout::CLOSE_CODES;
 use crate::status::view::{ConnectionView, ProcessView};
 use std::fmt::Write;
 
-/// A broker is stale when nothing came from it for longer than this many
-/// heartbeat intervals (the relay declares it dead at 2, rule R7).
-const STALE_INTERVALS: u64 = 2;
+/// An upstream is not live when nothing came from it for longer than this
+/// many heartbeat intervals. The relay itself ends a silent broker's
+/// connection at 2 (2.5 when quiet, rule R7), so a connection still listed
+/// past 3 means the relay is not doing its job (its thread or process
+/// stuck), which is what the health check is for.
+const STALE_INTERVALS: u64 = 3;
 
 /// Why a connection's upstream is not live, if it is not: tuned, not
 /// paused by back-pressure, and nothing from the broker for more than
-/// 2 x interval.
+/// 3 x interval.
 pub fn connection_problem(c: &ConnectionView, now_ms: u64) -> Option<String> {
     if c.heartbeat_secs == 0 || c.paused {
         return None;
@@ -761,13 +764,13 @@ mod tests {
     #[test]
     fn health_fails_on_a_silent_broker_and_names_it() {
         assert!(health(&[process(1, 5_000)], NOW).is_ok());
-        let err = health(&[process(1, 5_000), process(2, 25_000)], NOW).unwrap_err();
+        let err = health(&[process(1, 5_000), process(2, 35_000)], NOW).unwrap_err();
         assert!(
-            err.contains("pid 2: connection #1 to rabbit:5672: nothing from the broker for 25.0s"),
+            err.contains("pid 2: connection #1 to rabbit:5672: nothing from the broker for 35.0s"),
             "{err}"
         );
         assert!(!err.contains("pid 1"), "{err}");
-        let mut paused = process(3, 25_000);
+        let mut paused = process(3, 35_000);
         paused.connections[0].paused = true;
         assert!(
             health(&[paused], NOW).is_ok(),
@@ -778,7 +781,7 @@ mod tests {
 
     #[test]
     fn problems_come_first_on_the_page() {
-        let page = html(&[process(1, 1_000), process(2, 25_000)], NOW);
+        let page = html(&[process(1, 1_000), process(2, 35_000)], NOW);
         let (first, second) = (page.find("pid 2").unwrap(), page.find("pid 1 ").unwrap());
         assert!(first < second);
         assert!(page.contains("class=\"bad\""));
@@ -820,7 +823,7 @@ mod tests {
 
     #[test]
     fn json_parses() {
-        let text = json(&[process(1, 25_000)], NOW);
+        let text = json(&[process(1, 35_000)], NOW);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["healthy"], false);
         assert_eq!(v["processes"][0]["connections"][0]["broker"], "rabbit:5672");
