@@ -27,6 +27,10 @@
 //!   [`relay::server`] accepts connections and runs the event loop.
 //! - [`relay_thread`]: the one native thread per child: signals blocked,
 //!   panics caught and the relay restarted, bounded stop.
+//! - [`status`]: the status page (issue 12): each relay process's block of
+//!   atomics in memory shared by all httpd processes, counted from the
+//!   relay's typed events and the driver's per-wakeup figures, rendered as
+//!   HTML, JSON, Prometheus text, mod_status lines and a health verdict.
 //! - `os`: a timerfd registered with tokio's reactor (one `unsafe` call,
 //!   the registration; see relay::deadline for why not tokio's timers) and
 //!   `SO_RCVLOWAT`.
