@@ -6,6 +6,7 @@
 
 mod closing;
 mod liveness;
+mod traffic;
 
 use super::close_plan::{CLOSE_TIMEOUT, CloseOkWait, ClosePlan, Ending, SideClose, close_ok_scan};
 use super::events::{EndKind, Event, Side};
