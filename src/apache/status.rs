@@ -15,7 +15,7 @@ use super::bindings::{OK, request_rec, server_rec};
 use super::ffi::{Server, boundary, c_str};
 use crate::relay::EventLog;
 use crate::status::counting::{CountingLog, unix_ms_now};
-use crate::status::layout::{KIND_HTTPD_CHILD, Slot};
+use crate::status::layout::{KIND_HTTPD_CHILD, Owner, Slot, Table};
 use crate::status::{render, view};
 use std::ffi::{c_char, c_int};
 use std::sync::Arc;
@@ -27,9 +27,9 @@ use std::sync::atomic::Ordering::Relaxed;
 const DAEMON_SLOTS: usize = 64;
 
 /// The table, made by the parent, inherited by every child.
-static TABLE: Mutex<Option<&'static [Slot]>> = Mutex::new(None);
+static TABLE: Mutex<Option<Table<'static>>> = Mutex::new(None);
 
-fn table() -> Option<&'static [Slot]> {
+fn table() -> Option<Table<'static>> {
     *TABLE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -68,17 +68,23 @@ pub unsafe extern "C" fn amqphb_post_config(s: *mut server_rec, hard_limit: c_in
         if current.is_some_and(|t| t.len() >= wanted) {
             return OK as c_int;
         }
-        let len = wanted * size_of::<Slot>();
+        let len = Table::bytes(wanted);
         match crate::os::shm::shared_zeroed(len) {
             Ok(ptr) => {
-                // SAFETY: `len` bytes, page-aligned (more than Slot's
-                // alignment), zero-filled (a valid Slot: atomics only),
-                // shared with every child and never unmapped, so
-                // 'static; only ever accessed through the atomics.
-                let slots = unsafe {
-                    std::slice::from_raw_parts(ptr.as_ptr().cast::<Slot>(), wanted)
+                let owners = ptr.as_ptr().cast::<Owner>();
+                // SAFETY: `len` bytes, page-aligned, zero-filled (valid
+                // Owners and Slots: atomics only), shared with every child
+                // and never unmapped, so 'static; only ever accessed
+                // through the atomics. The owners come first (16 bytes
+                // each), the slots right after them, 8-aligned as Slot
+                // needs; the two ranges do not overlap and fit in `len`.
+                let table = unsafe {
+                    Table {
+                        owners: std::slice::from_raw_parts(owners, wanted),
+                        slots: std::slice::from_raw_parts(owners.add(wanted).cast::<Slot>(), wanted),
+                    }
                 };
-                *current = Some(slots);
+                *current = Some(table);
             }
             Err(e) => main.log(
                 super::bindings::APLOG_ERR,
@@ -91,13 +97,14 @@ pub unsafe extern "C" fn amqphb_post_config(s: *mut server_rec, hard_limit: c_in
 
 /// This process's slot; given back when dropped (the process exits).
 pub(super) struct StatusSlot {
-    slot: &'static Slot,
+    table: Table<'static>,
+    index: usize,
     pid: u32,
 }
 
 impl Drop for StatusSlot {
     fn drop(&mut self) {
-        view::release(self.slot, self.pid);
+        view::release(self.table, self.index, self.pid);
     }
 }
 
@@ -108,12 +115,12 @@ pub(super) fn attach(
     listeners: &[(String, u16)],
     log: Arc<dyn EventLog>,
 ) -> (Arc<dyn EventLog>, Option<StatusSlot>) {
-    let Some(slots) = table() else {
+    let Some(table) = table() else {
         return (log, None);
     };
     let pid = std::process::id();
     let start = view::process_start(pid).map_or(0, |(start, _)| start);
-    let Some(slot) = view::claim(slots, pid, start, KIND_HTTPD_CHILD, view::process_alive) else {
+    let Some(index) = view::claim(table, pid, start, KIND_HTTPD_CHILD, view::process_alive) else {
         log.event(
             0,
             crate::relay::Level::Warn,
@@ -121,12 +128,13 @@ pub(super) fn attach(
         );
         return (log, None);
     };
-    for (index, (server, port)) in listeners.iter().enumerate() {
-        slot.set_listener(index, server, *port);
+    let slot = &table.slots[index];
+    for (i, (server, port)) in listeners.iter().enumerate() {
+        slot.set_listener(i, server, *port);
     }
     slot.running.store(1, Relaxed);
     let counting: Arc<dyn EventLog> = Arc::new(CountingLog::new(log, slot));
-    (counting, Some(StatusSlot { slot, pid }))
+    (counting, Some(StatusSlot { table, index, pid }))
 }
 
 /// How a server is labelled on the page: its ServerName.

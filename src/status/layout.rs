@@ -8,7 +8,8 @@
 //! Every field is a lock-free atomic, which is address-free, so two
 //! processes mapping the same page see one value.
 //!
-//! A slot belongs to the process whose pid it holds (claimed with a CAS);
+//! A slot belongs to the process whose pid its [`Owner`] holds (claimed
+//! with a CAS);
 //! a connection entry to the connection whose id it holds (claimed with a
 //! CAS, [`BUSY`] while its text is written). Readers in other processes
 //! take a snapshot (src/status/view.rs) and skip entries being written.
@@ -140,16 +141,49 @@ pub struct Connection {
 pub const KIND_HTTPD_CHILD: u32 = 1;
 pub const KIND_DAEMON: u32 = 2;
 
-/// The block of one relay process.
+/// Who owns a slot. Owners are kept apart from the slots, in one array:
+/// finding a slot to claim, or the live ones to render, touches one page
+/// per 256 slots instead of a page of every slot.
 #[repr(C)]
-pub struct Slot {
+#[derive(Default)]
+pub struct Owner {
     /// 0: free; else the owner's pid.
     pub pid: AtomicU32,
-    /// [`KIND_HTTPD_CHILD`] or [`KIND_DAEMON`].
-    pub kind: AtomicU32,
+    pub _reserved: AtomicU32,
     /// The owner's start time in clock ticks since boot
     /// (/proc/PID/stat field 22): a reused pid is told apart by it.
     pub process_start: AtomicU64,
+}
+
+/// The shared table: `owners[i]` owns `slots[i]`.
+#[derive(Clone, Copy)]
+pub struct Table<'a> {
+    pub owners: &'a [Owner],
+    pub slots: &'a [Slot],
+}
+
+impl Table<'_> {
+    /// Bytes of a table of `n` slots: the owners, then the slots (16 x n
+    /// bytes keeps the slots 8-aligned).
+    pub const fn bytes(n: usize) -> usize {
+        n * (size_of::<Owner>() + size_of::<Slot>())
+    }
+
+    pub fn len(&self) -> usize {
+        self.owners.len().min(self.slots.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The block of one relay process.
+#[repr(C)]
+pub struct Slot {
+    /// [`KIND_HTTPD_CHILD`] or [`KIND_DAEMON`].
+    pub kind: AtomicU32,
+    pub _reserved: AtomicU32,
     pub started_unix_ms: AtomicU64,
     pub listener_count: AtomicU32,
     /// 1 while the relay thread runs.
@@ -162,9 +196,8 @@ pub struct Slot {
 impl Default for Slot {
     fn default() -> Self {
         Slot {
-            pid: AtomicU32::new(0),
             kind: AtomicU32::new(0),
-            process_start: AtomicU64::new(0),
+            _reserved: AtomicU32::new(0),
             started_unix_ms: AtomicU64::new(0),
             listener_count: AtomicU32::new(0),
             running: AtomicU32::new(0),
@@ -176,7 +209,7 @@ impl Default for Slot {
 }
 
 impl Slot {
-    /// Forget everything but the pid (a freshly claimed slot).
+    /// Forget everything (a freshly claimed slot).
     pub fn reset(&self) {
         let c = &self.counters;
         for a in [

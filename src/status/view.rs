@@ -4,7 +4,7 @@
 //! page, never on the relay's hot path.
 
 use crate::status::layout::{
-    BUSY, CLOSE_CODES, Connection, END_KINDS, KIND_DAEMON, MAX_LISTENERS, REFUSALS, Slot,
+    BUSY, CLOSE_CODES, Connection, END_KINDS, KIND_DAEMON, MAX_LISTENERS, Owner, REFUSALS, Table,
 };
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
@@ -30,41 +30,47 @@ pub fn process_start(pid: u32) -> Option<(u64, bool)> {
 
 /// Claim a slot for process `pid`: one it already holds (a reused pid, a
 /// second start), else a free one, else one whose owner is dead. The
-/// claimed slot is reset. None when every slot is held by a live process.
+/// claimed slot is reset. Its index, or None when every slot is held by a
+/// live process.
 pub fn claim(
-    slots: &[Slot],
+    table: Table<'_>,
     pid: u32,
     start: u64,
     kind: u32,
     alive: impl Fn(u32, u64) -> bool,
-) -> Option<&Slot> {
-    let cas = |slot: &Slot, from: u32| {
-        slot.pid
+) -> Option<usize> {
+    let owners = &table.owners[..table.len()];
+    let cas = |owner: &Owner, from: u32| {
+        owner
+            .pid
             .compare_exchange(from, pid, Relaxed, Relaxed)
             .is_ok()
     };
-    let slot = slots
+    let index = owners
         .iter()
-        .find(|s| s.pid.load(Relaxed) == pid)
-        .or_else(|| slots.iter().find(|s| cas(s, 0)))
+        .position(|o| o.pid.load(Relaxed) == pid)
+        .or_else(|| owners.iter().position(|o| cas(o, 0)))
         .or_else(|| {
-            slots.iter().find(|s| {
-                let owner = s.pid.load(Relaxed);
-                owner != 0 && !alive(owner, s.process_start.load(Relaxed)) && cas(s, owner)
+            owners.iter().position(|o| {
+                let owner = o.pid.load(Relaxed);
+                owner != 0 && !alive(owner, o.process_start.load(Relaxed)) && cas(o, owner)
             })
         })?;
+    owners[index].process_start.store(start, Relaxed);
+    let slot = &table.slots[index];
     slot.reset();
-    slot.process_start.store(start, Relaxed);
     slot.kind.store(kind, Relaxed);
     slot.started_unix_ms
         .store(crate::status::counting::unix_ms_now(), Relaxed);
-    Some(slot)
+    Some(index)
 }
 
-/// Give the slot back (the process is exiting cleanly).
-pub fn release(slot: &Slot, pid: u32) {
-    slot.running.store(0, Relaxed);
-    let _ = slot.pid.compare_exchange(pid, 0, Relaxed, Relaxed);
+/// Give slot `index` back (its process `pid` is exiting cleanly).
+pub fn release(table: Table<'_>, index: usize, pid: u32) {
+    if let (Some(owner), Some(slot)) = (table.owners.get(index), table.slots.get(index)) {
+        slot.running.store(0, Relaxed);
+        let _ = owner.pid.compare_exchange(pid, 0, Relaxed, Relaxed);
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -153,15 +159,15 @@ fn connection_view(e: &Connection, listeners: &[(String, u16)]) -> Option<Connec
 
 /// Snapshots of the slots of live processes, in slot order; the slots of
 /// dead ones are freed on the way.
-pub fn snapshot(slots: &[Slot], alive: impl Fn(u32, u64) -> bool) -> Vec<ProcessView> {
+pub fn snapshot(table: Table<'_>, alive: impl Fn(u32, u64) -> bool) -> Vec<ProcessView> {
     let mut views = Vec::new();
-    for slot in slots {
-        let pid = slot.pid.load(Acquire);
+    for (owner, slot) in table.owners.iter().zip(table.slots) {
+        let pid = owner.pid.load(Acquire);
         if pid == 0 {
             continue;
         }
-        if !alive(pid, slot.process_start.load(Relaxed)) {
-            let _ = slot.pid.compare_exchange(pid, 0, Relaxed, Relaxed);
+        if !alive(pid, owner.process_start.load(Relaxed)) {
+            let _ = owner.pid.compare_exchange(pid, 0, Relaxed, Relaxed);
             continue;
         }
         let count = (slot.listener_count.load(Acquire) as usize).min(MAX_LISTENERS);
@@ -203,10 +209,15 @@ pub fn snapshot(slots: &[Slot], alive: impl Fn(u32, u64) -> bool) -> Vec<Process
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::layout::KIND_HTTPD_CHILD;
+    use crate::status::layout::{KIND_HTTPD_CHILD, Slot};
 
-    fn slots(n: usize) -> Vec<Slot> {
-        (0..n).map(|_| Slot::default()).collect()
+    fn table(n: usize) -> Table<'static> {
+        let owners: Vec<Owner> = (0..n).map(|_| Owner::default()).collect();
+        let slots: Vec<Slot> = (0..n).map(|_| Slot::default()).collect();
+        Table {
+            owners: owners.leak(),
+            slots: slots.leak(),
+        }
     }
 
     #[test]
@@ -224,29 +235,31 @@ mod tests {
 
     #[test]
     fn a_slot_is_claimed_once_per_pid_and_a_dead_owners_slot_is_reused() {
-        let table = slots(2);
-        let a = claim(&table, 10, 1, KIND_HTTPD_CHILD, |_, _| true).unwrap();
-        let again = claim(&table, 10, 1, KIND_HTTPD_CHILD, |_, _| true).unwrap();
-        assert!(std::ptr::eq(a, again));
-        claim(&table, 11, 1, KIND_DAEMON, |_, _| true).unwrap();
-        assert!(claim(&table, 12, 1, KIND_HTTPD_CHILD, |_, _| true).is_none());
-        a.counters.connections.store(5, Relaxed);
-        let reused = claim(&table, 12, 1, KIND_HTTPD_CHILD, |pid, _| pid != 10).unwrap();
-        assert!(std::ptr::eq(a, reused));
-        assert_eq!(reused.pid.load(Relaxed), 12);
-        assert_eq!(reused.counters.connections.load(Relaxed), 0, "reset");
+        let t = table(2);
+        let a = claim(t, 10, 1, KIND_HTTPD_CHILD, |_, _| true).unwrap();
+        assert_eq!(claim(t, 10, 1, KIND_HTTPD_CHILD, |_, _| true), Some(a));
+        let b = claim(t, 11, 1, KIND_DAEMON, |_, _| true).unwrap();
+        assert_ne!(a, b);
+        assert!(claim(t, 12, 1, KIND_HTTPD_CHILD, |_, _| true).is_none());
+        t.slots[a].counters.connections.store(5, Relaxed);
+        let reused = claim(t, 12, 1, KIND_HTTPD_CHILD, |pid, _| pid != 10).unwrap();
+        assert_eq!(reused, a);
+        assert_eq!(t.owners[a].pid.load(Relaxed), 12);
+        assert_eq!(t.slots[a].counters.connections.load(Relaxed), 0, "reset");
+        release(t, a, 12);
+        assert_eq!(t.owners[a].pid.load(Relaxed), 0);
     }
 
     #[test]
     fn snapshot_lists_live_processes_and_frees_dead_ones() {
-        let table = slots(3);
-        let a = claim(&table, 20, 0, KIND_HTTPD_CHILD, |_, _| true).unwrap();
+        let t = table(3);
+        let a = &t.slots[claim(t, 20, 0, KIND_HTTPD_CHILD, |_, _| true).unwrap()];
         a.set_listener(0, "www.example.org", 41000);
         let e = a.claim_connection().unwrap();
         e.broker.set("rabbit:5672");
         e.publish(3);
-        claim(&table, 21, 0, KIND_DAEMON, |_, _| true).unwrap();
-        let views = snapshot(&table, |pid, _| pid == 20);
+        let dead = claim(t, 21, 0, KIND_DAEMON, |_, _| true).unwrap();
+        let views = snapshot(t, |pid, _| pid == 20);
         assert_eq!(views.len(), 1);
         assert_eq!(views[0].pid, 20);
         assert_eq!(
@@ -256,12 +269,12 @@ mod tests {
         assert_eq!(views[0].connections[0].broker, "rabbit:5672");
         assert_eq!(views[0].connections[0].server, "www.example.org");
         assert_eq!(
-            table[1].pid.load(Relaxed),
+            t.owners[dead].pid.load(Relaxed),
             0,
             "the dead owner's slot is free"
         );
         // An entry being claimed is not shown.
         a.claim_connection().unwrap();
-        assert_eq!(snapshot(&table, |_, _| true)[0].connections.len(), 1);
+        assert_eq!(snapshot(t, |_, _| true)[0].connections.len(), 1);
     }
 }
