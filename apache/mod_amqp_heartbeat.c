@@ -39,6 +39,8 @@ void amqphb_log(const server_rec *s, int level, const char *msg);
 void *amqphb_module_config(const server_rec *s);
 void amqphb_respond(request_rec *r, int status, const char *content_type,
                     const char *body, size_t len);
+void *amqphb_table_kept(const server_rec *s, size_t *slots);
+int amqphb_table_keep(const server_rec *s, void *base, size_t slots);
 
 /* The handler name of the status page (SetHandler in a <Location>). */
 #define STATUS_HANDLER "amqp-heartbeat-status"
@@ -77,6 +79,40 @@ void amqphb_respond(request_rec *r, int status, const char *content_type,
     if (!r->header_only && len > 0) {
         ap_rwrite(body, (int)len, r);
     }
+}
+
+/* The status table outlives this module's code: httpd unloads and reloads
+ * DSO modules on every restart (static variables start afresh), while the
+ * table must stay the same for the parent's whole life. So the parent
+ * keeps its address in the process pool, which lives as long as it. */
+#define TABLE_KEY "amqp_heartbeat:status-table"
+
+struct kept_table {
+    void *base;
+    size_t slots;
+};
+
+void *amqphb_table_kept(const server_rec *s, size_t *slots)
+{
+    void *data = NULL;
+    const struct kept_table *kept;
+    apr_pool_userdata_get(&data, TABLE_KEY, s->process->pool);
+    kept = data;
+    if (kept == NULL) {
+        return NULL;
+    }
+    *slots = kept->slots;
+    return kept->base;
+}
+
+int amqphb_table_keep(const server_rec *s, void *base, size_t slots)
+{
+    struct kept_table *kept = apr_palloc(s->process->pool, sizeof(*kept));
+    kept->base = base;
+    kept->slots = slots;
+    /* _set copies the key: this module's string constants go away with it. */
+    return apr_pool_userdata_set(kept, TABLE_KEY, apr_pool_cleanup_null,
+                                 s->process->pool) == APR_SUCCESS;
 }
 
 static const char *set_argv(cmd_parms *cmd, void *dummy, int argc,

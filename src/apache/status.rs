@@ -4,7 +4,8 @@
 //! and mod_status's `status_hook` (the C shim registers both).
 //!
 //! One table serves the parent's whole life: a graceful restart (post_config
-//! again) keeps it, so children of the old generation, still finishing
+//! again, in a freshly reloaded copy of this module, whose statics start
+//! empty) finds it in the process pool (see the C shim) and keeps it, so children of the old generation, still finishing
 //! their requests, stay listed next to the new ones; only a higher process
 //! limit makes a new, larger table (old children then write the old one
 //! and drop off the page). Slots are claimed by pid with a CAS, and freed
@@ -17,7 +18,7 @@ use crate::relay::EventLog;
 use crate::status::counting::{CountingLog, unix_ms_now};
 use crate::status::layout::{KIND_HTTPD_CHILD, Owner, Slot, Table};
 use crate::status::{render, view};
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
@@ -34,6 +35,8 @@ fn table() -> Option<Table<'static>> {
 }
 
 unsafe extern "C" {
+    fn amqphb_table_kept(s: *const server_rec, slots: *mut usize) -> *mut c_void;
+    fn amqphb_table_keep(s: *const server_rec, base: *mut c_void, slots: usize) -> c_int;
     fn amqphb_respond(
         r: *mut request_rec,
         status: c_int,
@@ -65,26 +68,38 @@ pub unsafe extern "C" fn amqphb_post_config(s: *mut server_rec, hard_limit: c_in
         }
         let wanted = usize::try_from(hard_limit).unwrap_or(0).max(1) + DAEMON_SLOTS;
         let mut current = TABLE.lock().unwrap_or_else(|p| p.into_inner());
-        if current.is_some_and(|t| t.len() >= wanted) {
+        let mut kept_slots = 0usize;
+        // SAFETY: s is the live main server (contract above); the shim
+        // reads its process pool's userdata.
+        let kept = unsafe { amqphb_table_kept(s, &mut kept_slots) };
+        if !kept.is_null() && kept_slots >= wanted {
+            // SAFETY: kept is a table of kept_slots slots that an earlier
+            // generation of this parent made below and never unmapped.
+            *current = Some(unsafe { table_at(kept.cast(), kept_slots) });
+            main.log(
+                super::bindings::APLOG_DEBUG,
+                &format!("status table of {kept_slots} slots kept from the previous generation"),
+            );
             return OK as c_int;
         }
         let len = Table::bytes(wanted);
         match crate::os::shm::shared_zeroed(len) {
             Ok(ptr) => {
-                let owners = ptr.as_ptr().cast::<Owner>();
-                // SAFETY: `len` bytes, page-aligned, zero-filled (valid
-                // Owners and Slots: atomics only), shared with every child
-                // and never unmapped, so 'static; only ever accessed
-                // through the atomics. The owners come first (16 bytes
-                // each), the slots right after them, 8-aligned as Slot
-                // needs; the two ranges do not overlap and fit in `len`.
-                let table = unsafe {
-                    Table {
-                        owners: std::slice::from_raw_parts(owners, wanted),
-                        slots: std::slice::from_raw_parts(owners.add(wanted).cast::<Slot>(), wanted),
-                    }
-                };
-                *current = Some(table);
+                // SAFETY: a fresh mapping of Table::bytes(wanted) bytes,
+                // never unmapped.
+                *current = Some(unsafe { table_at(ptr.as_ptr(), wanted) });
+                main.log(
+                    super::bindings::APLOG_DEBUG,
+                    &format!("status table of {wanted} slots ({len} bytes) made"),
+                );
+                // SAFETY: as above; the shim stores the address in the
+                // process pool (a bigger table later replaces it there).
+                if unsafe { amqphb_table_keep(s, ptr.as_ptr().cast(), wanted) } == 0 {
+                    main.log(
+                        super::bindings::APLOG_WARNING,
+                        "cannot keep the status table across restarts; a restart makes a new one",
+                    );
+                }
             }
             Err(e) => main.log(
                 super::bindings::APLOG_ERR,
@@ -93,6 +108,27 @@ pub unsafe extern "C" fn amqphb_post_config(s: *mut server_rec, hard_limit: c_in
         }
         OK as c_int
     })
+}
+
+/// The table of `slots` slots at `base`: the owners first (16 bytes
+/// each), the slots right after them, 8-aligned as Slot needs.
+///
+/// # Safety
+/// `base` is a page-aligned shared mapping of at least
+/// `Table::bytes(slots)` bytes, zero-filled when made (valid Owners and
+/// Slots: atomics only), never unmapped (so 'static) and only ever
+/// accessed through the atomics.
+unsafe fn table_at(base: *mut u8, slots: usize) -> Table<'static> {
+    let owners = base.cast::<Owner>();
+    // SAFETY: both ranges lie inside the mapping (contract above) and do
+    // not overlap; Owner and Slot are valid for any bytes written only
+    // through their atomics.
+    unsafe {
+        Table {
+            owners: std::slice::from_raw_parts(owners, slots),
+            slots: std::slice::from_raw_parts(owners.add(slots).cast::<Slot>(), slots),
+        }
+    }
 }
 
 /// This process's slot; given back when dropped (the process exits).

@@ -2,9 +2,11 @@
 # connection per process (kept across requests, heartbeat 0), URL from
 # AMQP_HEARTBEAT_URL. JSON out: pid, the connection's local port (the
 # relay's "client port"), how many messages went out, or the error.
-# Query: n=N messages (default 0: only make sure the connection is open).
+# Query: n=N messages (default 0: only make sure the connection is open),
+# sleep=SECONDS afterwards (keeps this child busy).
 import json
 import os
+import time
 import urllib.parse
 
 import amqp
@@ -40,6 +42,7 @@ def application(environ, start_response):
     except Exception as e:  # the next request reconnects
         _conn.clear()
         body["error"] = repr(e)
+    time.sleep(float(q.get("sleep", ["0"])[0]))
     data = (json.dumps(body) + "\n").encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
     return [data]
