@@ -3,6 +3,7 @@
 
 use super::{code_label, health};
 use crate::status::counting::{END_KIND_NAMES, REFUSAL_NAMES};
+use crate::status::layout::CLOSE_CODES;
 use crate::status::view::{ConnectionView, ProcessView};
 use std::fmt::Write;
 
@@ -41,6 +42,15 @@ fn family<'a>(out: &'a mut String, name: &str, kind: &str, help: &str) -> Family
 
 /// A per-process metric: name, help, value.
 type ProcessMetric = (&'static str, &'static str, fn(&ProcessView) -> u64);
+/// A per-process counter split by one label: name, help, the label, its
+/// values, the counts in that order.
+type SplitMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<String>,
+    fn(&ProcessView) -> &[u64],
+);
 /// A per-connection value at a time (Unix ms), as sample text.
 type Field = fn(&ConnectionView, u64) -> String;
 /// A per-connection metric: name, type, help, and its samples by
@@ -153,45 +163,36 @@ pub fn metrics(processes: &[ProcessView], now_ms: u64) -> String {
             }
         }
     }
-    {
-        let name = "amqp_heartbeat_closes_total";
-        let mut f = family(
-            &mut out,
-            name,
-            "counter",
+    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let codes: Vec<String> = (0..=CLOSE_CODES.len()).map(code_label).collect();
+    let split: [SplitMetric; 3] = [
+        (
+            "amqp_heartbeat_closes_total",
             "Relayed connections closed, by how they ended.",
-        );
-        for (p, pid) in processes.iter().zip(&pids) {
-            for (reason, n) in END_KIND_NAMES.iter().zip(&p.counters.closes) {
-                f.sample(name, &[("pid", pid), ("reason", reason)], n);
-            }
-        }
-    }
-    {
-        let name = "amqp_heartbeat_close_sent_total";
-        let mut f = family(
-            &mut out,
-            name,
-            "counter",
+            "reason",
+            names(&END_KIND_NAMES),
+            |p| &p.counters.closes,
+        ),
+        (
+            "amqp_heartbeat_close_sent_total",
             "Connection.Close sent by the relay, by reply code.",
-        );
-        for (p, pid) in processes.iter().zip(&pids) {
-            for (i, n) in p.counters.close_codes.iter().enumerate() {
-                f.sample(name, &[("pid", pid), ("code", &code_label(i))], n);
-            }
-        }
-    }
-    {
-        let name = "amqp_heartbeat_refusals_total";
-        let mut f = family(
-            &mut out,
-            name,
-            "counter",
+            "code",
+            codes,
+            |p| &p.counters.close_codes,
+        ),
+        (
+            "amqp_heartbeat_refusals_total",
             "Clients refused by the relay, by reason.",
-        );
+            "reason",
+            names(&REFUSAL_NAMES),
+            |p| &p.counters.refusals,
+        ),
+    ];
+    for (name, help, label, values, counts) in &split {
+        let mut f = family(&mut out, name, "counter", help);
         for (p, pid) in processes.iter().zip(&pids) {
-            for (reason, n) in REFUSAL_NAMES.iter().zip(&p.counters.refusals) {
-                f.sample(name, &[("pid", pid), ("reason", reason)], n);
+            for (value, n) in values.iter().zip(counts(p)) {
+                f.sample(name, &[("pid", pid), (label, value)], n);
             }
         }
     }
