@@ -124,7 +124,7 @@ fn generate_bindings(headers: &Headers, out_dir: &Path) {
         // The contract (apache/amqphb.h): entry-point types, the shim's own
         // functions, the directive indexes.
         .allowlist_type("amqphb_.*_fn|amqp_heartbeat_daemon_.*_fn|amqphb_directive_index")
-        .allowlist_function("amqphb_log|amqphb_module_config")
+        .allowlist_function("amqphb_log|amqphb_module_config|amqphb_respond|amqphb_table_kept|amqphb_table_keep")
         .constified_enum_module("amqphb_directive_index")
         .allowlist_var("APLOG_(EMERG|ALERT|CRIT|ERR|WARNING|NOTICE|INFO|DEBUG)|OK|DECLINED|HTTP_INTERNAL_SERVER_ERROR|ap_conftree|ap_server_conf")
         // Kept by value in server_rec; its fields are not needed.

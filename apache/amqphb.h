@@ -40,6 +40,9 @@ typedef const char *amqphb_directive_fn(cmd_parms *cmd, unsigned directive_index
 typedef int amqphb_check_config_fn(server_rec *s);
 typedef void amqphb_child_init_fn(apr_pool_t *pchild, server_rec *s);
 typedef int amqphb_fixups_fn(request_rec *r);
+typedef int amqphb_post_config_fn(server_rec *s, int hard_limit);
+typedef int amqphb_status_handler_fn(request_rec *r, const char *args);
+typedef int amqphb_status_summary_fn(request_rec *r, int short_form);
 amqphb_create_server_config_fn amqphb_create_server_config;
 amqphb_merge_server_config_fn amqphb_merge_server_config;
 amqphb_directive_fn amqphb_directive;
@@ -47,6 +50,9 @@ amqphb_check_config_fn amqphb_check_config;
 amqphb_child_init_fn amqphb_child_init;
 amqphb_child_init_fn amqphb_child_init_last;
 amqphb_fixups_fn amqphb_fixups;
+amqphb_post_config_fn amqphb_post_config;
+amqphb_status_handler_fn amqphb_status_handler;
+amqphb_status_summary_fn amqphb_status_summary;
 
 /* Exported for mod_wsgi daemon processes (apache/amqp_heartbeat_daemon.py
  * calls them through ctypes). */
@@ -56,7 +62,16 @@ typedef int amqp_heartbeat_daemon_stop_fn(void);
 /* Defined in the shim, called from Rust. */
 typedef void amqphb_log_fn(const server_rec *s, int level, const char *msg);
 typedef void *amqphb_module_config_fn(const server_rec *s);
+/* status 0 and an empty type leave the response's as they are. */
+typedef void amqphb_respond_fn(request_rec *r, int status, const char *content_type,
+                               const char *body, size_t len);
+/* The status table the parent keeps across restarts (process pool). */
+typedef void *amqphb_table_kept_fn(const server_rec *s, size_t *slots);
+typedef int amqphb_table_keep_fn(const server_rec *s, void *base, size_t slots);
 amqphb_log_fn amqphb_log;
 amqphb_module_config_fn amqphb_module_config;
+amqphb_respond_fn amqphb_respond;
+amqphb_table_kept_fn amqphb_table_kept;
+amqphb_table_keep_fn amqphb_table_keep;
 
 #endif

@@ -13,10 +13,18 @@
 #include "http_config.h"
 #include "http_log.h"
 #include "http_request.h"
+#include "http_protocol.h"
+#include "ap_mpm.h"
 #include "apr_hooks.h"
+#include "apr_optional_hooks.h"
+#include "apr_strings.h"
+#include "mod_status.h"
 #include "amqphb.h"
 
 APLOG_USE_MODULE(amqp_heartbeat);
+
+/* The handler name of the status page (SetHandler in a <Location>). */
+#define STATUS_HANDLER "amqp-heartbeat-status"
 
 void amqphb_log(const server_rec *s, int level, const char *msg)
 {
@@ -26,6 +34,56 @@ void amqphb_log(const server_rec *s, int level, const char *msg)
 void *amqphb_module_config(const server_rec *s)
 {
     return ap_get_module_config(s->module_config, &amqp_heartbeat_module);
+}
+
+/* status 0 and an empty type leave the response's as they are (the
+ * status_hook writes into mod_status's page). */
+void amqphb_respond(request_rec *r, int status, const char *content_type,
+                    const char *body, size_t len)
+{
+    if (status != 0) {
+        r->status = status;
+    }
+    if (content_type[0] != '\0') {
+        ap_set_content_type(r, apr_pstrdup(r->pool, content_type));
+    }
+    if (!r->header_only && len > 0) {
+        ap_rwrite(body, (int)len, r);
+    }
+}
+
+/* The status table outlives this module's code: httpd unloads and reloads
+ * DSO modules on every restart (static variables start afresh), while the
+ * table must stay the same for the parent's whole life. So the parent
+ * keeps its address in the process pool, which lives as long as it. */
+#define TABLE_KEY "amqp_heartbeat:status-table"
+
+struct kept_table {
+    void *base;
+    size_t slots;
+};
+
+void *amqphb_table_kept(const server_rec *s, size_t *slots)
+{
+    void *data = NULL;
+    const struct kept_table *kept;
+    apr_pool_userdata_get(&data, TABLE_KEY, s->process->pool);
+    kept = data;
+    if (kept == NULL) {
+        return NULL;
+    }
+    *slots = kept->slots;
+    return kept->base;
+}
+
+int amqphb_table_keep(const server_rec *s, void *base, size_t slots)
+{
+    struct kept_table *kept = apr_palloc(s->process->pool, sizeof(*kept));
+    kept->base = base;
+    kept->slots = slots;
+    /* _set copies the key: this module's string constants go away with it. */
+    return apr_pool_userdata_set(kept, TABLE_KEY, apr_pool_cleanup_null,
+                                 s->process->pool) == APR_SUCCESS;
 }
 
 static const char *set_argv(cmd_parms *cmd, void *dummy, int argc,
@@ -110,9 +168,47 @@ static int amqphb_check_config_hook(apr_pool_t *pconf, apr_pool_t *plog,
     return amqphb_check_config(s);
 }
 
+static int amqphb_post_config_hook(apr_pool_t *pconf, apr_pool_t *plog,
+                                   apr_pool_t *ptemp, server_rec *s)
+{
+    int hard_limit = 0;
+    (void)pconf;
+    (void)plog;
+    (void)ptemp;
+    if (ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &hard_limit) != APR_SUCCESS) {
+        hard_limit = 0;
+    }
+    return amqphb_post_config(s, hard_limit);
+}
+
+static int amqphb_handler(request_rec *r)
+{
+    if (r->handler == NULL || strcmp(r->handler, STATUS_HANDLER) != 0) {
+        return DECLINED;
+    }
+    if (r->method_number != M_GET) {
+        return HTTP_METHOD_NOT_ALLOWED;
+    }
+    return amqphb_status_handler(r, r->args);
+}
+
+static int amqphb_status_hook(request_rec *r, int flags)
+{
+    return amqphb_status_summary(r, (flags & AP_STATUS_SHORT) != 0);
+}
+
 static void amqphb_register_hooks(apr_pool_t *p)
 {
     (void)p;
+    /* The status table is made in the parent before any process that
+     * runs a relay is forked: REALLY_FIRST, ahead of mod_wsgi's
+     * post_config, which starts its daemon processes. */
+    ap_hook_post_config(amqphb_post_config_hook, NULL, NULL,
+                        APR_HOOK_REALLY_FIRST);
+    ap_hook_handler(amqphb_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    /* mod_status's summary lines; a no-op when mod_status is not loaded. */
+    APR_OPTIONAL_HOOK(ap, status_hook, amqphb_status_hook, NULL, NULL,
+                      APR_HOOK_MIDDLE);
     /* check_config runs for `httpd -t` and for every (re)start, after the
      * vhost configs are merged; a non-OK result fails the configuration. */
     ap_hook_check_config(amqphb_check_config_hook, NULL, NULL, APR_HOOK_MIDDLE);

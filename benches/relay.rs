@@ -27,6 +27,8 @@
 use mod_amqp_heartbeat::config::{Directive, ServerConfig};
 use mod_amqp_heartbeat::relay::{EventLog, Level, RelayListener, io_buffers};
 use mod_amqp_heartbeat::relay_thread::RelayThread;
+use mod_amqp_heartbeat::status::counting::CountingLog;
+use mod_amqp_heartbeat::status::layout::Slot;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -593,7 +595,24 @@ fn run() -> Res<()> {
     let listener = RelayListener::bind_loopback(Arc::new(settings)).map_err(|e| e.to_string())?;
     let relay: SocketAddr = listener.listener.local_addr().map_err(|e| e.to_string())?;
     let log = Arc::new(BenchLog(AtomicUsize::new(0)));
-    let thread = RelayThread::start(vec![listener], log.clone())?;
+    // The status page's counting on, as in httpd; AMQPHB_BENCH_STATUS=off
+    // measures without it.
+    let relay_log: Arc<dyn EventLog> =
+        if std::env::var("AMQPHB_BENCH_STATUS").as_deref() == Ok("off") {
+            log.clone()
+        } else {
+            let slot: &'static Slot = Box::leak(Box::default());
+            Arc::new(CountingLog::new(log.clone(), slot))
+        };
+    eprintln!(
+        "bench relay: status counting {}",
+        if relay_log.status().is_some() {
+            "on"
+        } else {
+            "off"
+        }
+    );
+    let thread = RelayThread::start(vec![listener], relay_log)?;
     let haproxy = if with_haproxy {
         let workdir = format!(
             "{}/tmp/bench-haproxy-{}",

@@ -130,7 +130,11 @@ Listen 127.0.0.1:{mport}
     AMQPHeartbeatBroker {broker}
     AMQPHeartbeatInterval {interval}
     AMQPHeartbeatEnv OS_DEFAULT__TRANSPORT_URL rabbit
-{module_daemon}</VirtualHost>
+{module_daemon}    <Location /relay-status>
+        SetHandler amqp-heartbeat-status
+        Require ip 127.0.0.1
+    </Location>
+</VirtualHost>
 """.format(mport=module_port, demo=DEMO, app=app, direct_conf=direct_conf, module_conf=module_conf,
            broker=node.url, interval=RELAY_INTERVAL, direct_daemon=d["direct"], module_daemon=d["module"])
 
@@ -336,13 +340,16 @@ def main():
         say("RabbitMQ is up (%.1f s)" % node.start_seconds)
 
         module_port = ports.free_port()
-        httpd = Httpd(os.path.join(workdir, "httpd"), "", servers=1, wsgi=True, amqp=True)
+        httpd = Httpd(os.path.join(workdir, "httpd"), "", servers=1, wsgi=True, amqp=True,
+                      modules=["authz_host"])
         httpd.body = httpd_body(workdir, node, module_port, daemon)
         httpd.write_config()
         say("starting httpd (prefork, 1 child): direct on 127.0.0.1:%d, module on 127.0.0.1:%d ..."
             % (httpd.port, module_port))
         httpd.start()
         say("httpd is up: parent pid %d, child and daemon pids %s" % (httpd.parent_pid, httpd.children()))
+        say("status of the relays while the demo runs: http://127.0.0.1:%d/relay-status "
+            "(?json, ?metrics, ?health)" % module_port)
 
         direct, module = Variant("direct", httpd.port), Variant("module", module_port)
         variants = [direct, module]

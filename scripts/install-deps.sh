@@ -3,12 +3,13 @@
 # this machine lacks. Idempotent: does nothing when all is there.
 set -e
 PACKAGES="apache2 apache2-dev libclang-dev clang libapache2-mod-wsgi-py3 rabbitmq-server
-python3-eventlet python3-kombu python3-oslo.messaging python3-pika python3-pytest curl procps openssl
+python3-eventlet python3-kombu python3-oslo.messaging python3-pika python3-prometheus-client python3-pytest curl procps openssl
 build-essential dpkg-dev debhelper fakeroot lintian
 haproxy"
 # build-essential ... lintian: `make deb` and its test (tests/deb). dh-apache2
 # (the debhelper add-on) is a virtual package that apache2-dev provides.
 # python3-pika: a second real client in the refusal tests (tests/httpd).
+# python3-prometheus-client: the status page test parses ?metrics with it.
 # haproxy: the third path of `make bench` (P6, relay versus haproxy).
 missing=""
 for p in $PACKAGES; do

@@ -29,6 +29,10 @@
 //! - [`relay_thread`]: the one native thread per child: signals blocked,
 //!   panics caught and the relay restarted, bounded stop; [`log_gate`]
 //!   keeps its log calls out of a child that is freeing its pools.
+//! - [`status`]: the status page (issue 12): each relay process's block of
+//!   atomics in memory shared by all httpd processes, counted from the
+//!   relay's typed events and the driver's per-wakeup figures, rendered as
+//!   HTML, JSON, Prometheus text, mod_status lines and a health verdict.
 //! - `os`: a timerfd registered with tokio's reactor (one `unsafe` call,
 //!   the registration; see relay::deadline for why not tokio's timers) and
 //!   `SO_RCVLOWAT`.
@@ -58,6 +62,7 @@ pub mod log_gate;
 mod os;
 pub mod relay;
 pub mod relay_thread;
+pub mod status;
 
 #[allow(unsafe_code)]
 mod apache;

@@ -157,6 +157,7 @@ fn supervise(
                     Level::Error,
                     &format!("relay panicked: {what}; its connections were dropped, restarting it"),
                 );
+                log.relay_restarted();
             }
         }
         if shutdown.is_triggered() {

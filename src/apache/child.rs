@@ -10,6 +10,7 @@ use super::bindings::{
 };
 use super::check::describe;
 use super::ffi::{Server, boundary, c_string, pool_owned};
+use super::status;
 use super::wsgi_routing::{Routing, config_tree, noted_daemon_group};
 use crate::config::{EnvExport, RelaySettings, published_url};
 use crate::log_gate::LogGate;
@@ -258,10 +259,12 @@ pub(super) unsafe fn start(main: Server, set_environment: bool) -> Option<Vec<(S
 
     let mut listeners = Vec::new();
     let mut listener_servers = Vec::new();
+    let mut listener_names = Vec::new();
     for group in groups {
-        if let Some((listener, _)) = group.bound {
+        if let Some((listener, addr)) = group.bound {
             listeners.push(listener);
             listener_servers.push(group.server);
+            listener_names.push((status::server_name(group.server), addr.port()));
         }
     }
     if listeners.is_empty() {
@@ -274,6 +277,7 @@ pub(super) unsafe fn start(main: Server, set_environment: bool) -> Option<Vec<(S
         main,
         gate: Arc::clone(&gate),
     });
+    let (log, status) = status::attach(&listener_names, log);
     match RelayThread::start(listeners, log) {
         Ok(thread) => {
             main.log(APLOG_INFO, &format!("relay thread started ({count} listener(s))"));
@@ -282,6 +286,7 @@ pub(super) unsafe fn start(main: Server, set_environment: bool) -> Option<Vec<(S
                 pid: std::process::id(),
                 main,
                 gate,
+                _status: status,
             };
             // Attached to the child pool by amqphb_child_init_last.
             *STARTED.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
@@ -419,6 +424,8 @@ pub(super) struct ChildRelay {
     pid: u32,
     main: Server,
     gate: Arc<LogGate>,
+    /// Given back after the thread stopped (fields drop after `drop`).
+    _status: Option<status::StatusSlot>,
 }
 
 impl Drop for ChildRelay {

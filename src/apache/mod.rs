@@ -18,6 +18,9 @@
 //!   with [`child`]'s start.
 //! - [`wsgi_routing`]: which requests mod_wsgi ships to a daemon process
 //!   (they get no URL from the child, see `fixups`).
+//! - [`status`]: the status page's shared table (made at post_config),
+//!   each relay's slot, the `amqp-heartbeat-status` handler and
+//!   mod_status's `status_hook`.
 //! - [`ffi`]: the small helpers every entry uses: the panic boundary, C
 //!   strings, the `server_rec` handle and the log bridge.
 //!
@@ -32,3 +35,4 @@ mod daemon;
 mod ffi;
 mod server_config;
 mod wsgi_routing;
+mod status;

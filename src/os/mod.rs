@@ -3,6 +3,7 @@
 //! each block says why it is sound.
 
 pub mod rcvlowat;
+pub mod shm;
 pub mod sock_diag;
 pub mod socket_kind;
 pub mod timerfd;

@@ -177,10 +177,17 @@ pub async fn serve(
 
     // A panic in the pump (the session's rules or the driver's I/O step)
     // ends this connection only, and both sides are told (541): the
-    // sockets are still here to say it.
+    // sockets are still here to say it. The status page's entry
+    // (src/status/) gets relaxed stores per wakeup.
+    let entry = ctx.log.status().and_then(|slot| slot.connection(id));
     let ending = tokio::select! {
         e = poll_fn(|cx| match panic_guard::catch(|| pump.poll(cx)) {
-            Ok(poll) => poll.map(Ok),
+            Ok(polled) => {
+                if let Some(entry) = entry {
+                    entry.update(&pump.session.traffic());
+                }
+                polled.map(Ok)
+            }
             Err(panic) => Poll::Ready(Err(panic)),
         }) => e,
         grace = wait_shutdown(&mut shutdown) => Ok(Ending::Shutdown(grace)),

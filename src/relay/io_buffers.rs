@@ -36,6 +36,9 @@ pub struct Direction {
     read_size: usize,
     /// The writer side needs a flush (TLS buffers records).
     pub(crate) needs_flush: bool,
+    /// Frames passed on, heartbeats absorbed (for the status page).
+    pub(crate) frames: u64,
+    pub(crate) heartbeats: u64,
 }
 
 impl Default for Direction {
@@ -53,6 +56,8 @@ impl Direction {
             out_len: 0,
             read_size: READ_MIN,
             needs_flush: false,
+            frames: 0,
+            heartbeats: 0,
         }
     }
 
@@ -104,6 +109,7 @@ impl Direction {
                 Scan::Frame(info) if info.kind == FRAME_HEARTBEAT => {
                     self.release_scanned();
                     self.inbuf.advance(info.len);
+                    self.heartbeats += 1;
                 }
                 Scan::Frame(info) => {
                     let payload = info.payload_range();
@@ -116,6 +122,7 @@ impl Direction {
     /// The frame returned by `next_frame` passes on.
     pub fn pass(&mut self, len: usize) {
         self.scanned += len;
+        self.frames += 1;
     }
 
     /// The whole write queue, for the closing handshakes.

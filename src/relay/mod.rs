@@ -59,6 +59,15 @@ pub trait EventLog: Send + Sync {
             self.event(listener, event.level(), &event.to_string());
         }
     }
+
+    /// The process's status block, when the status page is on
+    /// (src/status/): the driver publishes each connection's traffic there.
+    fn status(&self) -> Option<&'static crate::status::layout::Slot> {
+        None
+    }
+
+    /// The relay was restarted after a panic.
+    fn relay_restarted(&self) {}
 }
 
 /// An [`EventLog`] that prints to stderr; for tests and benchmarks.

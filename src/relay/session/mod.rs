@@ -109,6 +109,25 @@ pub struct SessionConfig {
     pub login: Option<Credentials>,
 }
 
+/// What the status page shows of a connection's traffic (src/status/),
+/// read by the driver after each wakeup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub bytes_to_broker: u64,
+    pub bytes_to_client: u64,
+    pub frames_to_broker: u64,
+    pub frames_to_client: u64,
+    pub heartbeats_to_broker: u64,
+    pub heartbeats_from_broker: u64,
+    /// When bytes last came from the broker, since the session started.
+    pub last_broker_read: Option<Duration>,
+    /// Negotiated (0 until tuned).
+    pub heartbeat_secs: u32,
+    pub frame_max: u32,
+    /// The broker is not read because the client is not taking its bytes.
+    pub paused: bool,
+}
+
 pub struct Session {
     id: u64,
     started: Instant,
@@ -125,6 +144,8 @@ pub struct Session {
     login: Option<Credentials>,
     /// The SASL mechanisms of the broker's Start (only kept with `login`).
     offered_mechanisms: Option<String>,
+    heartbeats_to_broker: u64,
+    last_broker_read: Option<Instant>,
 }
 
 impl Session {
@@ -154,6 +175,8 @@ impl Session {
             bytes_to_client: 0,
             login: config.login,
             offered_mechanisms: None,
+            heartbeats_to_broker: 0,
+            last_broker_read: None,
         }
     }
 
@@ -215,6 +238,7 @@ impl Session {
         if n == 0 {
             self.peer_mut(side).stream = Stream::Eof;
         } else if side == Side::Broker {
+            self.last_broker_read = Some(now);
             self.liveness.on_broker_bytes(now);
         }
     }
@@ -278,6 +302,7 @@ impl Session {
         if self.from_client.out_is_empty() && self.liveness.heartbeat_due(true, now, awake_anyway) {
             self.from_client.push(Bytes::from_static(&HEARTBEAT_FRAME));
             self.liveness.on_sent(true, now);
+            self.heartbeats_to_broker += 1;
         }
         if self.from_broker.out_is_empty() && self.liveness.heartbeat_due(false, now, awake_anyway)
         {
@@ -325,6 +350,33 @@ impl Session {
         self.liveness
             .on_quiet_mark(raised, result)
             .map_err(|e| Ending::BrokerGone(Some(e)))
+    }
+
+    /// Counts and settings for the status page.
+    pub fn traffic(&self) -> Traffic {
+        let tuned = self.phase.is_tuned();
+        Traffic {
+            bytes_to_broker: self.bytes_to_broker,
+            bytes_to_client: self.bytes_to_client,
+            frames_to_broker: self.from_client.frames,
+            frames_to_client: self.from_broker.frames,
+            heartbeats_to_broker: self.heartbeats_to_broker,
+            heartbeats_from_broker: self.from_broker.heartbeats,
+            last_broker_read: self
+                .last_broker_read
+                .map(|t| t.saturating_duration_since(self.started)),
+            heartbeat_secs: if tuned {
+                u32::try_from(self.liveness.interval().as_secs()).unwrap_or(u32::MAX)
+            } else {
+                0
+            },
+            frame_max: if tuned {
+                u32::try_from(self.phase.frame_max()).unwrap_or(u32::MAX)
+            } else {
+                0
+            },
+            paused: !self.broker.at_eof() && self.from_broker.held() >= self.buffer_limit(),
+        }
     }
 
     /// The connection ends: the plan for both sides (rule R10). Takes what

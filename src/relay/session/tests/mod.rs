@@ -7,6 +7,7 @@
 mod closing;
 mod liveness;
 mod login;
+mod traffic;
 
 use super::close_plan::{CLOSE_TIMEOUT, CloseOkWait, ClosePlan, Ending, SideClose, close_ok_scan};
 use super::events::{EndKind, Event, Side};

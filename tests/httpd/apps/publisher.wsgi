@@ -1,0 +1,48 @@
+# Publishes through the relay, for the status page tests: one py-amqp
+# connection per process (kept across requests, heartbeat 0), URL from
+# AMQP_HEARTBEAT_URL. JSON out: pid, the connection's local port (the
+# relay's "client port"), how many messages went out, or the error.
+# Query: n=N messages (default 0: only make sure the connection is open),
+# sleep=SECONDS afterwards (keeps this child busy).
+import json
+import os
+import time
+import urllib.parse
+
+import amqp
+
+QUEUE = "status-test"
+BODY = b"x" * 1000
+_conn = {}
+
+
+def _connection():
+    c = _conn.get("c")
+    if c is not None:
+        return c
+    url = urllib.parse.urlsplit(os.environ["AMQP_HEARTBEAT_URL"])
+    c = amqp.Connection(host="%s:%d" % (url.hostname, url.port), userid=url.username,
+                        password=url.password, virtual_host=url.path[1:] or "/", heartbeat=0)
+    c.connect()
+    ch = c.channel()
+    ch.queue_declare(QUEUE, auto_delete=False)
+    _conn["c"], _conn["ch"] = c, ch
+    return c
+
+
+def application(environ, start_response):
+    q = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    n = int(q.get("n", ["0"])[0])
+    body = {"pid": os.getpid()}
+    try:
+        c = _connection()
+        for _ in range(n):
+            _conn["ch"].basic_publish(amqp.Message(BODY), exchange="", routing_key=QUEUE)
+        body.update(port=c.sock.getsockname()[1], sent=n)
+    except Exception as e:  # the next request reconnects
+        _conn.clear()
+        body["error"] = repr(e)
+    time.sleep(float(q.get("sleep", ["0"])[0]))
+    data = (json.dumps(body) + "\n").encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
