@@ -34,5 +34,5 @@ mod contract;
 mod daemon;
 mod ffi;
 mod server_config;
-mod wsgi_routing;
 mod status;
+mod wsgi_routing;
