@@ -70,7 +70,7 @@ pub unsafe extern "C" fn amqphb_child_init(_pchild: *mut apr_pool_t, s: *mut ser
         }
         // SAFETY: httpd runs this hook first among the child_init hooks,
         // before the child starts any other thread.
-        if unsafe { start(main, true) }.is_some() {
+        if unsafe { start(main, true, status::ProcessKind::HttpdChild) }.is_some() {
             note_daemon_routed(main);
         }
     });
@@ -191,10 +191,17 @@ struct Group {
 /// server names a broker (nothing done), else the (NAME, URL) pairs put in
 /// the process environment (empty when no listener could be bound).
 ///
+/// `kind` labels the process on the status page (an httpd child or a
+/// mod_wsgi daemon process).
+///
 /// # Safety
 /// With `set_environment`, only while this process has a single thread (it
 /// calls setenv). Once per process.
-pub(super) unsafe fn start(main: Server, set_environment: bool) -> Option<Vec<(String, String)>> {
+pub(super) unsafe fn start(
+    main: Server,
+    set_environment: bool,
+    kind: status::ProcessKind,
+) -> Option<Vec<(String, String)>> {
     let servers: Vec<RelayServer> = main
         .all()
         .into_iter()
@@ -277,7 +284,7 @@ pub(super) unsafe fn start(main: Server, set_environment: bool) -> Option<Vec<(S
         main,
         gate: Arc::clone(&gate),
     });
-    let (log, status) = status::attach(&listener_names, log);
+    let (log, status) = status::attach(&listener_names, log, kind);
     match RelayThread::start(listeners, log) {
         Ok(thread) => {
             main.log(APLOG_INFO, &format!("relay thread started ({count} listener(s))"));

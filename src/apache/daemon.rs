@@ -26,6 +26,7 @@
 use super::bindings::{APLOG_INFO, APLOG_NOTICE, ap_server_conf};
 use super::child::{ChildRelay, published_environment, start, take_started};
 use super::ffi::{Server, boundary, c_string};
+use super::status::ProcessKind;
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -130,7 +131,8 @@ fn start_once() -> (c_int, &'static CStr) {
     // so only when this process has one thread (counted just now, by the
     // thread that runs this; nothing else can start one meanwhile). It
     // runs once: STATE is held and moves on from NotStarted below.
-    let Some(environment) = (unsafe { start(main, single_threaded) }) else {
+    let Some(environment) = (unsafe { start(main, single_threaded, ProcessKind::WsgiDaemon) })
+    else {
         main.log(
             APLOG_NOTICE,
             &format!(

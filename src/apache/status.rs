@@ -18,7 +18,7 @@ use super::bindings::{
 use super::ffi::{Server, boundary, c_str};
 use crate::relay::EventLog;
 use crate::status::counting::{CountingLog, unix_ms_now};
-use crate::status::layout::{KIND_HTTPD_CHILD, Owner, Slot, Table};
+use crate::status::layout::{KIND_DAEMON, KIND_HTTPD_CHILD, Owner, Slot, Table};
 use crate::status::{render, view};
 use std::ffi::{c_char, c_int};
 use std::sync::Arc;
@@ -140,16 +140,28 @@ impl Drop for StatusSlot {
 /// Claim a slot for this relay process (listeners: server name and port,
 /// in the relay's order) and wrap `log` so it counts into it. Without a
 /// table or a free slot, `log` is returned as is.
+/// What kind of process a relay runs in, as the status page shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ProcessKind {
+    HttpdChild,
+    WsgiDaemon,
+}
+
 pub(super) fn attach(
     listeners: &[(String, u16)],
     log: Arc<dyn EventLog>,
+    kind: ProcessKind,
 ) -> (Arc<dyn EventLog>, Option<StatusSlot>) {
     let Some(table) = table() else {
         return (log, None);
     };
     let pid = std::process::id();
     let start = view::process_start(pid).map_or(0, |(start, _)| start);
-    let Some(index) = view::claim(table, pid, start, KIND_HTTPD_CHILD, view::process_alive) else {
+    let kind = match kind {
+        ProcessKind::HttpdChild => KIND_HTTPD_CHILD,
+        ProcessKind::WsgiDaemon => KIND_DAEMON,
+    };
+    let Some(index) = view::claim(table, pid, start, kind, view::process_alive) else {
         log.event(
             0,
             crate::relay::Level::Warn,

@@ -178,7 +178,9 @@ def _start_off(s, rabbit, module_dir):
     data = os.path.join(module_dir, "off", "data")
     conf = stack.write_oslo_conf(os.path.join(module_dir, "oslo-off.conf"), 0)
     g = "%{GLOBAL}"
-    body = ("AMQPHeartbeatChildRelay Off\n" + stack.directory_block() + daemon_lines({"solo": "processes=1 threads=1"})
+    body = ("AMQPHeartbeatChildRelay Off\n"
+            + "<Location /relay-status>\n    SetHandler amqp-heartbeat-status\n</Location>\n"
+            + stack.directory_block() + daemon_lines({"solo": "processes=1 threads=1"})
             + stack.default_vhost()
             + stack.oslo_vhost("embedded", data, conf, False, g, broker_url=rabbit.url)
             + stack.oslo_vhost("daemon-solo", data, conf, False, g, rabbit.url, daemon="solo"))
@@ -230,6 +232,7 @@ def _side_httpds(s, off, bare):
     s.off_relays = {p: relay_threads(p) for p in s.off_kinds}
     s.off_send = send(off, "daemon-solo.e2e")
     s.off_embedded = send(off, "embedded.e2e", "/env")
+    s.off_status = off.get_json("/relay-status?json")
     rows = stack.connections(s.node)
     s.off_up = upstream_ports(rows, s.off_send["body"]) if s.off_send["status"] == 200 else []
     s.bare_daemons = wait_daemons(bare, {"bare": 1}, relay=False)
@@ -451,6 +454,10 @@ def test_child_relay_off_leaves_only_the_daemon_with_a_relay(scenario):
     assert len(s.off_up) == 1 and url_port(s.off_send["body"]) is not None
     env = s.off_embedded["body"]["env"][ENV]
     assert env == {"os.environ": None, "libc": None, "request": None}, env
+    # The status page lists the one relay, labelled as a daemon process.
+    listed = [(p["pid"], p["kind"]) for p in s.off_status["processes"]]
+    solo = [p for p, g in s.off_kinds.items() if g == "solo"]
+    assert listed == [(solo[0], "daemon")], (listed, s.off_kinds)
 
 
 def test_import_script_without_a_broker_logs_one_line_and_does_nothing(scenario):

@@ -219,10 +219,14 @@ pub fn other_process_is_refused(env: &Env) -> Result<(), String> {
         let script = format!(
             r#"
 import socket, sys
-s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
 print("local", s.getsockname()[1], flush=True)
+s.settimeout(5)
 try:
-    # The relay resets a foreign client at once: maybe before this.
+    # The relay resets a foreign client at once: maybe before connect()
+    # even returns here.
+    s.connect(("127.0.0.1", {port}))
     s.sendall(b"AMQP\x00\x00\x09\x01")
     data = s.recv(4096)
     print("EOF" if not data else "DATA " + data.hex())
