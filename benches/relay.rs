@@ -1,5 +1,7 @@
-//! P1 throughput and P2 latency: the relay versus a direct connection, same
-//! client, same broker, one run (issue 5).
+//! P1 throughput and P2 latency: the relay versus a direct connection and
+//! versus haproxy (the anchor: the best general TCP proxy, measured the same
+//! way), same client, same broker, one run (issues 5 and 13). P6 compares the
+//! relay with haproxy: throughput, added latency and CPU per GiB forwarded.
 //!
 //! The client is a raw-frame AMQP 0-9-1 client over blocking sockets: the
 //! frames of a publish are encoded once and written in large batches, so the
@@ -9,11 +11,16 @@
 //!
 //! ```text
 //! cargo bench --bench relay -- [--broker-port PORT] [--quick] [--rounds N]
+//!                               [--no-haproxy]
 //! ```
 //!
 //! Without `--broker-port` a private RabbitMQ node is started with
-//! `tests/harness/rabbit.py` and stopped at the end. Each figure is printed
-//! as `bench: NAME relay=X direct=Y ratio=Z unit=U goal=G`, then a table.
+//! `tests/harness/rabbit.py` and stopped at the end. haproxy (Debian's
+//! package, `make deps` installs it) is started on a free loopback port in
+//! `mode tcp` with `option splice-auto` and one thread, like the relay's
+//! one thread per child; `--no-haproxy` leaves it out. Each figure is
+//! printed as `bench: NAME relay=X direct=Y haproxy=H ratio=Z unit=U goal=G`,
+//! then a table.
 
 use mod_amqp_heartbeat::config::{Directive, ServerConfig};
 use mod_amqp_heartbeat::relay::{EventLog, Level, RelayListener, io_buffers};
@@ -25,6 +32,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 type Res<T> = Result<T, String>;
+
+#[path = "relay/cpu.rs"]
+mod cpu;
+#[path = "relay/haproxy.rs"]
+mod haproxy;
 
 // ------------------------------------------------------------------ frames
 
@@ -438,6 +450,7 @@ struct Figure {
     name: String,
     relay: f64,
     direct: f64,
+    haproxy: Option<f64>,
     ratio: f64,
     unit: &'static str,
     goal: String,
@@ -446,8 +459,12 @@ struct Figure {
 
 impl Figure {
     fn print(&self) {
+        let haproxy = self
+            .haproxy
+            .map(|h| format!(" haproxy={h:.1}"))
+            .unwrap_or_default();
         println!(
-            "bench: {} relay={:.1} direct={:.1} ratio={:.3} unit={} goal={} met={}",
+            "bench: {} relay={:.1} direct={:.1}{haproxy} ratio={:.3} unit={} goal={} met={}",
             self.name,
             self.relay,
             self.direct,
@@ -457,6 +474,65 @@ impl Figure {
             if self.met { "yes" } else { "NO" }
         );
     }
+}
+
+/// A P6 figure: the relay against haproxy (issue 13), with the spread of
+/// the rounds on each side.
+struct AnchorFigure {
+    name: String,
+    relay: f64,
+    haproxy: f64,
+    ratio: f64,
+    unit: &'static str,
+    goal: &'static str,
+    met: bool,
+    spread: String,
+}
+
+impl AnchorFigure {
+    fn print(&self) {
+        println!(
+            "bench: {} relay={:.3} haproxy={:.3} ratio={:.3} unit={} goal={} met={} spread={}",
+            self.name,
+            self.relay,
+            self.haproxy,
+            self.ratio,
+            self.unit,
+            self.goal,
+            if self.met { "yes" } else { "NO" },
+            self.spread
+        );
+    }
+}
+
+/// The paths a client can take to the broker.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    Direct,
+    Relay,
+    Haproxy,
+}
+
+/// The order of the paths in round `round`: rotated, so that drift (broker
+/// GC, page cache, the other core's load) favours no path.
+fn order(paths: &[Path], round: usize) -> Vec<Path> {
+    let mut v = paths.to_vec();
+    v.rotate_left(round % paths.len().max(1));
+    v
+}
+
+fn spread(v: &[f64]) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.3}..{max:.3}")
+}
+
+/// What one throughput round on one path measured.
+struct Round {
+    rate: f64,
+    /// CPU seconds of the proxy in the path (relay thread or haproxy
+    /// process) during the round; 0 for direct.
+    proxy_cpu_s: f64,
 }
 
 fn main() {
@@ -469,6 +545,7 @@ fn main() {
 fn run() -> Res<()> {
     let mut port = None;
     let mut quick = false;
+    let mut with_haproxy = true;
     let mut rounds = 3usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -481,6 +558,7 @@ fn run() -> Res<()> {
                 )
             }
             "--quick" => quick = true,
+            "--no-haproxy" => with_haproxy = false,
             "--rounds" => {
                 rounds = args
                     .next()
@@ -510,7 +588,49 @@ fn run() -> Res<()> {
     let relay: SocketAddr = listener.listener.local_addr().map_err(|e| e.to_string())?;
     let log = Arc::new(BenchLog(AtomicUsize::new(0)));
     let thread = RelayThread::start(vec![listener], log.clone())?;
-    eprintln!("bench relay: broker 127.0.0.1:{port}, relay {relay}, {rounds} rounds");
+    let haproxy = if with_haproxy {
+        let workdir = format!(
+            "{}/tmp/bench-haproxy-{}",
+            env!("CARGO_MANIFEST_DIR"),
+            std::process::id()
+        );
+        Some(haproxy::Haproxy::start(direct, workdir)?)
+    } else {
+        None
+    };
+    let mut paths = vec![Path::Direct, Path::Relay];
+    if haproxy.is_some() {
+        paths.push(Path::Haproxy);
+    }
+    let addr_of = |path: Path| match (path, &haproxy) {
+        (Path::Direct, _) => direct,
+        (Path::Relay, _) => relay,
+        (Path::Haproxy, Some(h)) => h.addr,
+        (Path::Haproxy, None) => direct,
+    };
+    let proxy_cpu_ns = |path: Path| -> Res<u64> {
+        match (path, &haproxy) {
+            (Path::Relay, _) => cpu::own_threads_ns("amqp-heartbeat"),
+            (Path::Haproxy, Some(h)) => cpu::process_ns(h.pid()),
+            _ => Ok(0),
+        }
+    };
+    let run_round = |path: Path, case: ThroughputCase| -> Res<Round> {
+        let before = proxy_cpu_ns(path)?;
+        let rate = throughput(addr_of(path), case)?;
+        let after = proxy_cpu_ns(path)?;
+        Ok(Round {
+            rate,
+            proxy_cpu_s: after.saturating_sub(before) as f64 / 1e9,
+        })
+    };
+    eprintln!(
+        "bench relay: broker {direct}, relay {relay}, haproxy {}, {rounds} rounds",
+        haproxy
+            .as_ref()
+            .map(|h| h.addr.to_string())
+            .unwrap_or_else(|| "off".into())
+    );
 
     let scale = if quick { 10 } else { 1 };
     let cases = [
@@ -540,40 +660,55 @@ fn run() -> Res<()> {
         },
     ];
     let mut figures = Vec::new();
+    let mut anchors = Vec::new();
     for case in cases {
-        // Warm-up on both paths, then alternate which path goes first so
-        // drift (broker GC, page cache) does not favour one side.
+        // Warm-up on every path, then rotate which path goes first.
         let warm = ThroughputCase {
             count: case.count / 10,
             ..case
         };
-        throughput(direct, warm)?;
-        throughput(relay, warm)?;
-        let (mut r, mut d) = (Vec::new(), Vec::new());
+        for &path in &paths {
+            throughput(addr_of(path), warm)?;
+        }
+        let mut results: Vec<(Path, Vec<Round>)> = paths.iter().map(|&p| (p, Vec::new())).collect();
         for round in 0..rounds {
-            if round % 2 == 0 {
-                d.push(throughput(direct, case)?);
-                r.push(throughput(relay, case)?);
-            } else {
-                r.push(throughput(relay, case)?);
-                d.push(throughput(direct, case)?);
+            for path in order(&paths, round) {
+                let r = run_round(path, case)?;
+                if let Some((_, v)) = results.iter_mut().find(|(p, _)| *p == path) {
+                    v.push(r);
+                }
             }
         }
+        let rates = |path: Path| -> Vec<f64> {
+            results
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map(|(_, v)| v.iter().map(|r| r.rate).collect())
+                .unwrap_or_default()
+        };
         let mib = case.body as f64 / (1024.0 * 1024.0);
-        eprintln!(
-            "  P1 {}: relay {:?} direct {:?} msg/s ({:.0} / {:.0} MiB/s median)",
-            case.name,
-            r.iter().map(|x| x.round()).collect::<Vec<_>>(),
-            d.iter().map(|x| x.round()).collect::<Vec<_>>(),
-            median(r.clone()) * mib,
-            median(d.clone()) * mib
+        for &path in &paths {
+            let v = rates(path);
+            eprintln!(
+                "  P1 {} {path:?}: {:?} msg/s ({:.0} MiB/s median)",
+                case.name,
+                v.iter().map(|x| x.round()).collect::<Vec<_>>(),
+                median(v.clone()) * mib
+            );
+        }
+        let (r, d, h) = (
+            rates(Path::Relay),
+            rates(Path::Direct),
+            rates(Path::Haproxy),
         );
-        let (relay_rate, direct_rate) = (median(r), median(d));
+        let (relay_rate, direct_rate) = (median(r.clone()), median(d));
+        let haproxy_rate = (!h.is_empty()).then(|| median(h.clone()));
         let ratio = relay_rate / direct_rate;
         let f = Figure {
             name: format!("P1_publish_{}", case.name),
             relay: relay_rate,
             direct: direct_rate,
+            haproxy: haproxy_rate,
             ratio,
             unit: "msg/s",
             goal: "ratio>=0.95".into(),
@@ -581,32 +716,89 @@ fn run() -> Res<()> {
         };
         f.print();
         figures.push(f);
+        if let Some(haproxy_rate) = haproxy_rate {
+            // Per-round ratios give the spread; the figure is the ratio
+            // of the medians.
+            let per_round: Vec<f64> = r.iter().zip(&h).map(|(r, h)| r / h).collect();
+            let ratio = relay_rate / haproxy_rate;
+            let a = AnchorFigure {
+                name: format!("P6_publish_{}", case.name),
+                relay: relay_rate,
+                haproxy: haproxy_rate,
+                ratio,
+                unit: "msg/s",
+                goal: "ratio>=1.0",
+                met: ratio >= 1.0,
+                spread: format!("ratio_per_round:{}", spread(&per_round)),
+            };
+            a.print();
+            anchors.push(a);
+            if case.body >= 65_536 {
+                // CPU seconds per GiB forwarded (the message bodies; the
+                // few framing bytes are left out on both sides alike).
+                let gib = (case.count * case.body) as f64 / (1u64 << 30) as f64;
+                let per_gib = |path: Path| -> Vec<f64> {
+                    results
+                        .iter()
+                        .find(|(p, _)| *p == path)
+                        .map(|(_, v)| v.iter().map(|r| r.proxy_cpu_s / gib).collect())
+                        .unwrap_or_default()
+                };
+                let (rc, hc) = (per_gib(Path::Relay), per_gib(Path::Haproxy));
+                let (rm, hm) = (median(rc.clone()), median(hc.clone()));
+                let a = AnchorFigure {
+                    name: format!("P6_cpu_per_GiB_{}", case.name),
+                    relay: rm,
+                    haproxy: hm,
+                    ratio: rm / hm,
+                    unit: "cpu_s/GiB",
+                    goal: "ratio<=1.0",
+                    met: rm <= hm,
+                    spread: format!("relay:{},haproxy:{}", spread(&rc), spread(&hc)),
+                };
+                a.print();
+                anchors.push(a);
+            }
+        }
     }
 
     let samples = if quick { 2_000 } else { 20_000 };
-    let (mut r, mut d) = (Vec::new(), Vec::new());
+    let mut lat: Vec<(Path, Vec<f64>)> = paths.iter().map(|&p| (p, Vec::new())).collect();
     for round in 0..rounds {
-        if round % 2 == 0 {
-            d.extend(latency(direct, samples, 64)?);
-            r.extend(latency(relay, samples, 64)?);
-        } else {
-            r.extend(latency(relay, samples, 64)?);
-            d.extend(latency(direct, samples, 64)?);
+        for path in order(&paths, round) {
+            let v = latency(addr_of(path), samples, 64)?;
+            if let Some((_, all)) = lat.iter_mut().find(|(p, _)| *p == path) {
+                all.extend(v);
+            }
         }
     }
-    r.sort_by(|a, b| a.total_cmp(b));
-    d.sort_by(|a, b| a.total_cmp(b));
+    for (_, v) in lat.iter_mut() {
+        v.sort_by(|a, b| a.total_cmp(b));
+    }
+    let sorted = |path: Path| -> &[f64] {
+        lat.iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&[])
+    };
+    let (r, d, h) = (
+        sorted(Path::Relay),
+        sorted(Path::Direct),
+        sorted(Path::Haproxy),
+    );
     for (p, label, budget) in [
         (50.0, "p50", 20.0),
         (99.0, "p99", 100.0),
         (99.9, "p99.9", f64::NAN),
     ] {
-        let (rv, dv) = (percentile(&r, p), percentile(&d, p));
+        let (rv, dv) = (percentile(r, p), percentile(d, p));
+        let hv = (!h.is_empty()).then(|| percentile(h, p));
         let added = rv - dv;
         let f = Figure {
             name: format!("P2_rtt_{label}"),
             relay: rv,
             direct: dv,
+            haproxy: hv,
             ratio: rv / dv,
             unit: "us",
             goal: if budget.is_nan() {
@@ -618,6 +810,23 @@ fn run() -> Res<()> {
         };
         f.print();
         figures.push(f);
+        if let Some(hv) = hv {
+            if !budget.is_nan() {
+                // Latency each proxy adds over direct; relay <= haproxy.
+                let a = AnchorFigure {
+                    name: format!("P6_rtt_added_{label}"),
+                    relay: added,
+                    haproxy: hv - dv,
+                    ratio: added / (hv - dv),
+                    unit: "us",
+                    goal: "relay<=haproxy",
+                    met: added <= hv - dv,
+                    spread: format!("samples_per_path:{}", r.len()),
+                };
+                a.print();
+                anchors.push(a);
+            }
+        }
     }
     eprintln!(
         "  P2 {} samples per path (64-byte body, publisher and consumer connections)",
@@ -625,6 +834,7 @@ fn run() -> Res<()> {
     );
 
     let outcome = thread.stop(Duration::from_secs(3));
+    drop(haproxy);
     let warnings = log.0.load(Ordering::Relaxed);
     println!(
         "bench: relay_peak_buffered_bytes={} relay_warnings={} relay_stop={:?}",
@@ -634,19 +844,36 @@ fn run() -> Res<()> {
     );
     println!();
     println!(
-        "{:<28} {:>14} {:>14} {:>7} {:>6}  goal",
-        "figure", "relay", "direct", "ratio", "unit"
+        "{:<28} {:>14} {:>14} {:>14} {:>7} {:>6}  goal",
+        "figure", "relay", "direct", "haproxy", "ratio", "unit"
     );
     for f in &figures {
         println!(
-            "{:<28} {:>14.1} {:>14.1} {:>7.3} {:>6}  {} {}",
+            "{:<28} {:>14.1} {:>14.1} {:>14} {:>7.3} {:>6}  {} {}",
             f.name,
             f.relay,
             f.direct,
+            f.haproxy
+                .map(|h| format!("{h:.1}"))
+                .unwrap_or_else(|| "-".into()),
             f.ratio,
             f.unit,
             f.goal,
             if f.met { "met" } else { "NOT MET" }
+        );
+    }
+    for a in &anchors {
+        println!(
+            "{:<28} {:>14.3} {:>14} {:>14.3} {:>7.3} {:>6}  {} {} ({})",
+            a.name,
+            a.relay,
+            "-",
+            a.haproxy,
+            a.ratio,
+            a.unit,
+            a.goal,
+            if a.met { "met" } else { "NOT MET" },
+            a.spread
         );
     }
     Ok(())

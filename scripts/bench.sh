@@ -5,7 +5,10 @@
 # about 12 minutes on 2 cores.
 #
 #   P1/P2  cargo bench --bench relay: throughput and latency, in-process
-#          relay versus direct, against one private RabbitMQ node
+#          relay versus direct and versus haproxy, against one private
+#          RabbitMQ node
+#   P6     the same run: the relay against haproxy (throughput, added
+#          latency, CPU seconds per GiB forwarded)
 #   P3     benches/httpd_bench.py p3: cost per prefork child
 #   P5     benches/httpd_bench.py p5: oslo heartbeat_in_pthread versus relay
 #
@@ -47,7 +50,7 @@ has() { [[ " $ONLY " == *" $1 "* ]]; }
 touch "$OUT"
 
 if has p1; then
-    echo "=== P1/P2: relay versus direct (cargo bench --bench relay)"
+    echo "=== P1/P2/P6: relay versus direct and haproxy (cargo bench --bench relay)"
     port=$($PYTHON tests/harness/rabbit.py start "$WORK/rabbit" |
         $PYTHON -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])["amqp_port"])')
     cargo bench --bench relay -- --broker-port "$port" "${quick[@]}" | tee -a "$OUT"
@@ -73,14 +76,16 @@ else
 fi
 
 echo
-echo "=== all figures (relay versus direct; for P3 'direct' is the child without the module,"
-echo "    for P5 it is oslo.messaging's heartbeat_in_pthread thread)"
+echo "=== all figures (relay versus direct and haproxy; for P3 'direct' is the child without"
+echo "    the module, for P5 it is oslo.messaging's heartbeat_in_pthread thread; P6 ratios are"
+echo "    relay/haproxy)"
 grep '^bench: P' "$OUT" | sed 's/^bench: //' | awk '
-BEGIN { printf "%-28s %14s %14s %9s %-22s %s\n", "figure", "relay", "direct", "ratio", "unit", "goal (met)" }
+BEGIN { printf "%-28s %14s %14s %14s %9s %-22s %s\n", "figure", "relay", "direct", "haproxy", "ratio", "unit", "goal (met)" }
 {
     name = $1; delete f
     for (i = 2; i <= NF; i++) { split($i, kv, "="); k = kv[1]; sub(/^[^=]*=/, "", $i); f[k] = $i }
-    printf "%-28s %14s %14s %9s %-22s %s (%s)\n", name, f["relay"], f["direct"], f["ratio"], f["unit"], f["goal"], f["met"]
+    d = ("direct" in f) ? f["direct"] : "-"; h = ("haproxy" in f) ? f["haproxy"] : "-"
+    printf "%-28s %14s %14s %14s %9s %-22s %s (%s)\n", name, f["relay"], d, h, f["ratio"], f["unit"], f["goal"], f["met"]
 }'
 if grep -q '^bench: P.* met=NO' "$OUT"; then
     echo "bench.sh: some goals are not met (see above); figures are recorded, not asserted"

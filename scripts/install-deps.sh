@@ -3,7 +3,9 @@
 # this machine lacks. Idempotent: does nothing when all is there.
 set -e
 PACKAGES="apache2 apache2-dev libclang-dev clang libapache2-mod-wsgi-py3 rabbitmq-server
-python3-eventlet python3-kombu python3-oslo.messaging python3-pytest curl procps openssl"
+python3-eventlet python3-kombu python3-oslo.messaging python3-pytest curl procps openssl
+haproxy"
+# haproxy: the third path of `make bench` (P6, relay versus haproxy).
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
