@@ -3,12 +3,14 @@
 //!
 //! One current-thread tokio runtime per relay thread; one task per relayed
 //! connection. Each connection is a sans-I/O [`session::Session`] (every
-//! decision) run by a thin [`driver`] (the sockets, the timerfd). Frames
+//! decision) run by a thin [`driver`] (the sockets, its deadline on the
+//! thread's one timerfd, [`thread_timer`]). Frames
 //! are found by their boundary and passed on untouched, except
 //! connection-class methods on channel 0 and heartbeats, which the relay
 //! owns.
 
 pub mod closing;
+pub mod coalesce;
 pub mod deadline;
 pub mod driver;
 pub mod frame;
@@ -19,6 +21,7 @@ pub mod peer;
 pub mod quiet;
 pub mod server;
 pub mod session;
+pub mod thread_timer;
 pub mod upstream;
 
 pub use session::events::Event;

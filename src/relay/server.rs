@@ -7,6 +7,7 @@ use crate::relay::closing;
 use crate::relay::driver::{self, ConnectionContext};
 use crate::relay::session::close_plan;
 use crate::relay::session::events::{Event, Refusal};
+use crate::relay::thread_timer::{Alarms, ThreadTimer};
 use crate::relay::{EventLog, RelayListener, peer, upstream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -74,6 +75,11 @@ async fn serve_all(
     log: Arc<dyn EventLog>,
 ) -> Result<(), String> {
     let tracker = TaskTracker::new();
+    // One timer for every connection of the thread (rule R14). Not in the
+    // tracker: it never ends by itself and goes with the runtime.
+    let (timer, alarms) =
+        ThreadTimer::new().map_err(|e| format!("cannot create the relay's timer: {e}"))?;
+    tokio::spawn(timer.run());
     let next_id = Arc::new(AtomicU64::new(1));
     for (index, spec) in listeners.into_iter().enumerate() {
         let tls = match upstream::tls_connector(&spec.settings) {
@@ -94,6 +100,7 @@ async fn serve_all(
             active: Arc::new(AtomicUsize::new(0)),
             next_id: Arc::clone(&next_id),
             tracker: tracker.clone(),
+            alarms: alarms.clone(),
         };
         tracker.spawn(acceptor.run(shutdown.subscribe()));
     }
@@ -119,6 +126,7 @@ struct Acceptor {
     active: Arc<AtomicUsize>,
     next_id: Arc<AtomicU64>,
     tracker: TaskTracker,
+    alarms: Alarms,
 }
 
 /// Decrements the listener's connection count when a connection ends,
@@ -201,6 +209,7 @@ impl Acceptor {
                 settings: Arc::clone(&self.settings),
                 tls: self.tls.clone(),
                 log: Arc::clone(&self.log),
+                alarms: self.alarms.clone(),
             };
             let stop = shutdown.clone();
             self.tracker.spawn(async move {
