@@ -1,4 +1,4 @@
-//! The AMQP 0-9-1 heartbeat relay (its rules: R1 to R12 in
+//! The AMQP 0-9-1 heartbeat relay (its rules: R1 to R14 in
 //! docs/DESIGN.md).
 //!
 //! One current-thread tokio runtime per relay thread; one task per relayed
