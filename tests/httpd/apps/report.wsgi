@@ -100,6 +100,10 @@ def publish_and_get(url, client="kombu", hold=0):
         trip = _pika_round_trip if client == "pika" else _kombu_round_trip
         payload = trip(url, hold)
         return "ok" if payload == "through the relay" else "wrong payload %r" % (payload,)
+    except Exception as e:
+        return "error: %r" % (e,)
+
+
 def try_handshake(url):
     if not url:
         return None
