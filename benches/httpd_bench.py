@@ -1,13 +1,16 @@
 """Per-child figures with the real module in a real prefork httpd (issue 5).
 
-    /usr/bin/python3 benches/httpd_bench.py p3 [--window 60] [--workdir DIR]
+    /usr/bin/python3 benches/httpd_bench.py p3 [--window 60] [--sweep 1,2,8] [--sweep-only] [--workdir DIR]
     /usr/bin/python3 benches/httpd_bench.py p5 [--window 90] [--workdir DIR]
     /usr/bin/python3 benches/httpd_bench.py soak [--children 256] [--minutes 10]
 
 p3  cost per child: threads, RSS added with 0 and 2 idle relayed
     connections, wakeups and CPU of the relay thread when idle. "direct" is
     the same httpd and app without the module (its 2 connections go to the
-    broker directly).
+    broker directly). Then the connection sweep: one child with the module
+    holding 1, then 2, then 8 idle connections (--sweep), the relay
+    thread's wakeups per heartbeat interval for the whole child, each over
+    the idle window (--sweep-only: the sweep alone).
 p5  the seed's peer: oslo.messaging heartbeat_in_pthread=True (threshold
     10) versus the relay at the same heartbeat (AMQPHeartbeatInterval 10:
     both connections negotiate the same timeout with the broker), same oslo
@@ -107,10 +110,20 @@ def p3(args):
     node = RabbitNode(os.path.join(args.workdir, "rabbit")).start()
     try:
         results = {}
-        for variant in ("module", "baseline"):
-            results[variant] = p3_variant(args, node, variant)
+        if not args.sweep_only:
+            for variant in ("module", "baseline"):
+                results[variant] = p3_variant(args, node, variant)
+        sweep = p3_sweep(args, node)
     finally:
         node.stop()
+    for n, r in sweep:
+        per_iv = r["wakeups"] / (r["seconds"] / args.interval)
+        goal = "<=1.1/interval/child" if n == 8 else "none"
+        figure("P3_relay_wakeups_per_interval_%dconn" % n, per_iv, 0.0, "per_interval_per_child", goal,
+               per_iv <= 1.1 or n != 8, ratio=per_iv / n)
+    note("P3 sweep raw: %s" % json.dumps(sweep))
+    if args.sweep_only:
+        return
     m, b = results["module"], results["baseline"]
     figure("P3_threads_per_child", m["threads"], b["threads"], "threads", "exactly+1",
            m["threads"] == b["threads"] + 1, ratio=m["threads"] - b["threads"])
@@ -167,6 +180,36 @@ def p3_variant(args, node, variant):
             if sorted(c["peer_port"] for c in after) != sorted(c["peer_port"] for c in conns):
                 raise RuntimeError("upstream connections changed while idle: %s -> %s" % (conns, after))
             out["rss2_after_idle"] = rss_kib(pid)
+        return out
+    finally:
+        h.stop(strict=False)
+
+
+def p3_sweep(args, node):
+    """One child with the module: the relay thread's wakeups over the idle
+    window with each count of idle connections in --sweep (increasing: the
+    app only opens more)."""
+    body = "SetEnv BENCH_DIRECT_URL %s\n" % node.url + wsgi_body(app="hold.wsgi", apps_dir=APPS)
+    body += "AMQPHeartbeatBroker %s\nAMQPHeartbeatInterval %d\n" % (node.url, args.interval)
+    body += "AMQPHeartbeatMaxConnections 64\n"
+    h = Httpd(os.path.join(args.workdir, "p3-sweep"), body, wsgi=True, amqp=True, servers=1,
+              log_level="warn")
+    h.start()
+    out = []
+    try:
+        pid = h.children()[0]
+        for n in sorted(int(x) for x in args.sweep.split(",") if x):
+            answer = h.get_json("/open?n=%d" % n)
+            if answer.get("held") != n or answer.get("via") != "relay" or answer.get("pid") != pid:
+                raise RuntimeError("app did not open %d relayed connections: %s" % (n, answer))
+            time.sleep(2)
+            conns = node.list_connections()
+            r = watch_threads(pid, [relay_tid(pid)], args.window)
+            after = node.list_connections()
+            if sorted(c["peer_port"] for c in after) != sorted(c["peer_port"] for c in conns):
+                raise RuntimeError("upstream connections changed while idle: %s -> %s" % (conns, after))
+            out.append((n, r))
+            note("P3 sweep: %d connections, %d wakeups in %.0f s" % (n, r["wakeups"], r["seconds"]))
         return out
     finally:
         h.stop(strict=False)
@@ -307,6 +350,8 @@ def main():
     ap.add_argument("what", choices=["p3", "p5", "soak"])
     ap.add_argument("--workdir", help="scratch dir (default: REPO/tmp/bench-<pid>, removed after)")
     ap.add_argument("--window", type=float, default=None, help="idle measuring window in seconds")
+    ap.add_argument("--sweep", default="1,2,8", help="p3: idle connection counts of the sweep")
+    ap.add_argument("--sweep-only", action="store_true", help="p3: only the connection sweep")
     ap.add_argument("--idle0", type=float, default=20.0, help="p3: window with 0 connections")
     ap.add_argument("--interval", type=int, default=5, help="AMQPHeartbeatInterval")
     ap.add_argument("--threshold", type=int, default=10, help="p5: oslo heartbeat_timeout_threshold")

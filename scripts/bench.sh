@@ -2,7 +2,7 @@
 # `make bench` (after deps and build): every benchmark of issue 5 except
 # the soak (`make soak`), relay versus direct, then one table of all
 # figures, with P4 from the last `make soak` when there is one. Takes
-# about 12 minutes on 2 cores.
+# about 16 minutes on 2 cores.
 #
 #   P1/P2  cargo bench --bench relay: throughput and latency, in-process
 #          relay versus direct and versus haproxy, against one private
@@ -11,7 +11,8 @@
 #          latency, CPU seconds per GiB forwarded)
 #   P7     the same binary: app connect-to-Start under a local flood of
 #          refused connects from user nobody (needs root), relay CPU
-#   P3     benches/httpd_bench.py p3: cost per prefork child
+#   P3     benches/httpd_bench.py p3: cost per prefork child, and the idle
+#          wakeups of one child with 1, 2 and 8 connections (the sweep)
 #   P5     benches/httpd_bench.py p5: oslo heartbeat_in_pthread versus relay
 #
 # BENCH_QUICK=1 runs short versions (a smoke test of the benchmarks, not

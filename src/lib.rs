@@ -21,8 +21,10 @@
 //!   finds frame boundaries, [`relay::methods`] decodes and builds the few
 //!   connection-class methods the relay owns. The tokio side:
 //!   [`relay::driver`] pumps one connection's sockets for its session,
-//!   [`relay::closing`] runs a close plan, [`relay::deadline`] and
-//!   [`relay::quiet`] are its timerfd and low-water mark,
+//!   [`relay::closing`] runs a close plan, [`relay::quiet`] is its
+//!   low-water mark; [`relay::thread_timer`] is the thread's one timerfd
+//!   ([`relay::deadline`]) shared by all its connections, whose wakeups
+//!   [`relay::coalesce`] gathers,
 //!   [`relay::upstream`] dials brokers (failover, TLS), [`relay::peer`]
 //!   checks that a client socket belongs to this process, and
 //!   [`relay::server`] accepts connections and runs the event loop.

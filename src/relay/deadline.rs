@@ -1,5 +1,6 @@
-//! A one-shot deadline on a Linux timerfd: the heartbeat timer of one
-//! relayed connection.
+//! A one-shot deadline on a Linux timerfd: the relay thread's one timer,
+//! armed for the earliest deadline of its connections (rule R17,
+//! `relay::thread_timer`).
 //!
 //! Why not `tokio::time`: tokio's timer wheel files a timer by the highest
 //! bit in which its deadline differs from the wheel's clock, in levels of

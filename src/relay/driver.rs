@@ -1,7 +1,7 @@
 //! The tokio side of one relayed connection: a thin driver of its
 //! [`Session`]. It reads the sockets into the session's buffers, writes
-//! its queues, performs the actions it asks for (the timerfd deadline,
-//! the quiet mark, the hidden read) and, when the connection ends, runs
+//! its queues, performs the actions it asks for (its deadline on the
+//! thread's timer, the quiet mark, the hidden read and the drain) and, when the connection ends, runs
 //! the close plan (`relay::closing`). Every decision is the session's.
 //!
 //! Life of a connection:
@@ -15,7 +15,7 @@
 use crate::config::RelaySettings;
 use crate::relay::EventLog;
 use crate::relay::closing;
-use crate::relay::deadline::Deadline;
+use crate::relay::coalesce::Window;
 use crate::relay::frame::{CONNECTION_FORCED, PROTOCOL_HEADER};
 use crate::relay::io_buffers::{Direction, READ_MIN};
 use crate::relay::login::Credentials;
@@ -26,6 +26,7 @@ use crate::relay::session::close_plan::{self, CLOSE_TIMEOUT, Ending};
 use crate::relay::session::events::{Event, Side};
 use crate::relay::session::liveness::HiddenRead;
 use crate::relay::session::{Action, HeaderCheck, Session, SessionConfig, check_protocol_header};
+use crate::relay::thread_timer::{Alarm, Alarms};
 use crate::relay::upstream::{self, BrokerIo};
 use bytes::{Buf, BufMut, BytesMut};
 use std::future::poll_fn;
@@ -52,6 +53,8 @@ pub struct ConnectionContext {
     pub settings: Arc<RelaySettings>,
     pub tls: Option<TlsConnector>,
     pub log: Arc<dyn EventLog>,
+    /// The relay thread's timer (rule R17).
+    pub alarms: Alarms,
 }
 
 impl ConnectionContext {
@@ -94,19 +97,6 @@ pub async fn serve(
             return;
         }
     }
-
-    // Before the dial, so that a failure leaves nothing upstream to close.
-    let timer = match Deadline::new() {
-        Ok(t) => t,
-        Err(e) => {
-            ctx.log(&Event::TimerUnavailable {
-                id,
-                peer,
-                error: e.to_string(),
-            });
-            return;
-        }
-    };
 
     let dialed = tokio::select! {
         r = upstream::dial(&ctx.settings, ctx.tls.as_ref()) => r,
@@ -171,7 +161,7 @@ pub async fn serve(
         client,
         broker: dialed.stream,
         session,
-        timer,
+        alarm: ctx.alarms.alarm(id),
         quiet: dialed.plain_fd.map(QuietSocket::new),
     };
 
@@ -234,15 +224,25 @@ struct Pump {
     client: TcpStream,
     broker: Box<dyn BrokerIo>,
     session: Session,
-    timer: Deadline,
+    /// This connection's place on the thread's timer (rule R17).
+    alarm: Alarm,
     /// Plain-TCP upstreams only (see quiet.rs).
     quiet: Option<QuietSocket>,
 }
 
 impl Pump {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Ending> {
+        if let Some(e) = self.alarm.failure() {
+            return Poll::Ready(Ending::TimerFailed(e));
+        }
+        // Woken on purpose by the thread's timer or another connection's
+        // wakeup; and whatever woke this one, the thread is awake now, so
+        // connections whose window is open come along (rule R17).
+        let mut rung = self.alarm.take_rung();
+        self.alarm.thread_awake(Instant::now());
         for _ in 0..PUMP_BUDGET {
-            match self.step(cx) {
+            let on_purpose = std::mem::take(&mut rung);
+            match self.step(cx, on_purpose) {
                 Poll::Ready(Err(ending)) => return Poll::Ready(ending),
                 Poll::Ready(Ok(())) => continue,
                 Poll::Pending => return Poll::Pending,
@@ -254,10 +254,22 @@ impl Pump {
     }
 
     /// One round over every source of work. Ready(Ok) = progress made,
-    /// Pending = nothing to do until a waker fires.
-    fn step(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Ending>> {
+    /// Pending = nothing to do until a waker fires. `on_purpose`: the
+    /// thread woke this connection within its window (rule R17).
+    fn step(&mut self, cx: &mut Context<'_>, on_purpose: bool) -> Poll<Result<(), Ending>> {
         let s = &mut self.session;
         let mut progress = false;
+
+        // A raised mark may hide a broker heartbeat: read it now, so that
+        // it does not wake the thread later with the next one.
+        if on_purpose && s.drain_wanted() {
+            if let Some(quiet) = &self.quiet {
+                let read = quiet
+                    .read_hidden(&mut s.inbound(Side::Broker).inbuf)
+                    .map_err(|e| Ending::BrokerGone(Some(e)))?;
+                s.after_drain(read, Instant::now())?;
+            }
+        }
 
         // Client -> relay, then broker -> relay.
         progress |= read_side(Pin::new(&mut self.client), cx, s, Side::Client)?;
@@ -268,7 +280,7 @@ impl Pump {
         // The verdict, then heartbeats, queued before writing so they go
         // out in this round. When something was read the relay is awake
         // anyway: a heartbeat that is merely worth sending rides along.
-        let awake_anyway = progress;
+        let awake_anyway = progress || on_purpose;
         let now = Instant::now();
         if s.judge_broker(now)? {
             let read = match &self.quiet {
@@ -302,17 +314,11 @@ impl Pump {
                     s.on_quiet_mark(raised, result)?;
                 }
                 Action::ArmTimer(at) => {
-                    if let Err(e) = self.timer.set(at) {
-                        return Poll::Ready(Err(Ending::TimerFailed(e)));
-                    }
-                    break;
+                    let window = at.map(|by| Window::new(s.worth_waking_from(), by, now));
+                    self.alarm.set(window, cx);
+                    return Poll::Pending;
                 }
             }
-        }
-        match self.timer.poll_expired(cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(Ending::TimerFailed(e))),
-            Poll::Pending => Poll::Pending,
         }
     }
 }

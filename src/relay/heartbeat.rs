@@ -91,7 +91,13 @@ impl HeartbeatTimers {
     /// True when a heartbeat is worth sending now because the relay is awake
     /// anyway: nothing was written for interval/4.
     pub fn worth_sending(&self, now: Instant) -> bool {
-        now >= self.last_sent + self.interval / 4
+        now >= self.worth_sending_from()
+    }
+
+    /// From when a heartbeat would ride along (rule R17: the thread may
+    /// wake this connection from then on, with others).
+    pub fn worth_sending_from(&self) -> Instant {
+        self.last_sent + self.interval / 4
     }
 
     fn dead_at(&self) -> Instant {

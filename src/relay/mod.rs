@@ -1,14 +1,16 @@
-//! The AMQP 0-9-1 heartbeat relay (its rules: R1 to R12 in
+//! The AMQP 0-9-1 heartbeat relay (its rules: R1 to R17 in
 //! docs/DESIGN.md).
 //!
 //! One current-thread tokio runtime per relay thread; one task per relayed
 //! connection. Each connection is a sans-I/O [`session::Session`] (every
-//! decision) run by a thin [`driver`] (the sockets, the timerfd). Frames
+//! decision) run by a thin [`driver`] (the sockets, its deadline on the
+//! thread's one timerfd, [`thread_timer`]). Frames
 //! are found by their boundary and passed on untouched, except
 //! connection-class methods on channel 0 and heartbeats, which the relay
 //! owns.
 
 pub mod closing;
+pub mod coalesce;
 pub mod deadline;
 pub mod driver;
 pub mod frame;
@@ -29,6 +31,7 @@ pub mod session;
 pub mod test_hooks;
 #[cfg(test)]
 pub mod test_support;
+pub mod thread_timer;
 pub mod upstream;
 
 pub use session::events::Event;

@@ -8,6 +8,7 @@ use crate::relay::panic_guard::CatchPanic;
 use crate::relay::refusals::RefusalLog;
 use crate::relay::session::close_plan;
 use crate::relay::session::events::{Event, Refusal};
+use crate::relay::thread_timer::{Alarms, ThreadTimer};
 use crate::relay::{EventLog, RelayListener, peer, refusal};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -75,6 +76,11 @@ async fn serve_all(
     log: Arc<dyn EventLog>,
 ) -> Result<(), String> {
     let tracker = TaskTracker::new();
+    // One timer for every connection of the thread (rule R17). Not in the
+    // tracker: it never ends by itself and goes with the runtime.
+    let (timer, alarms) =
+        ThreadTimer::new().map_err(|e| format!("cannot create the relay's timer: {e}"))?;
+    tokio::spawn(timer.run());
     let next_id = Arc::new(AtomicU64::new(1));
     for (index, spec) in listeners.into_iter().enumerate() {
         let tls = match spec.tls {
@@ -96,6 +102,7 @@ async fn serve_all(
             gentle: Arc::new(AtomicUsize::new(0)),
             next_id: Arc::clone(&next_id),
             tracker: tracker.clone(),
+            alarms: alarms.clone(),
         };
         tracker.spawn(acceptor.supervise(shutdown.subscribe()));
     }
@@ -123,6 +130,7 @@ struct Acceptor {
     gentle: Arc<AtomicUsize>,
     next_id: Arc<AtomicU64>,
     tracker: TaskTracker,
+    alarms: Alarms,
 }
 
 /// AMQP 0-9-1's reply code for a configured limit reached.
@@ -350,6 +358,7 @@ impl Acceptor {
                 settings: Arc::clone(&self.settings),
                 tls: self.tls.clone(),
                 log: Arc::clone(&self.log),
+                alarms: self.alarms.clone(),
             };
             let stop = shutdown.clone();
             self.tracker.spawn(async move {

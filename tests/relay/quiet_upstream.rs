@@ -139,9 +139,12 @@ pub fn hidden_heartbeat_counts_before_the_verdict(_env: &Env) -> Result<(), Stri
             code == 320 && text.contains("missed heartbeats"),
             "expected Close 320 for missed heartbeats, got {code} '{text}'"
         );
-        // 2.5 x interval when the unread heartbeat is found before the
-        // verdict and counted as one interval old; 1.5 x if it is never
-        // read; 2 x if it had woken the relay on arrival (not hidden).
+        // 2.75 x interval when the relay's own timer (5/4 x interval after
+        // its last heartbeat, rule R17) drains the unread heartbeat 3/4 x
+        // interval after it arrived and counts it as received then; 2.5 x
+        // when only the verdict's hidden read finds it (one interval old);
+        // 1.5 x if it is never read; 2 x if it had woken the relay on
+        // arrival (not hidden).
         ensure!(
             after >= interval * 9 / 4,
             "the relay declared the broker dead {after:.2?} after its last heartbeat, under 2.25 x {INTERVAL}s: \

@@ -107,11 +107,6 @@ pub enum Event {
         peer: SocketAddr,
         waited: Duration,
     },
-    TimerUnavailable {
-        id: u64,
-        peer: SocketAddr,
-        error: String,
-    },
     DialFailed {
         id: u64,
         peer: SocketAddr,
@@ -204,8 +199,7 @@ impl Event {
                 EndKind::BrokerLost | EndKind::ClientBadFrame => Level::Warn,
                 _ => Level::Error,
             },
-            Event::TimerUnavailable { .. }
-            | Event::DialFailed { .. }
+            Event::DialFailed { .. }
             | Event::AcceptFailed { .. }
             | Event::ListenerUnusable { .. }
             | Event::TlsUnavailable { .. }
@@ -220,7 +214,6 @@ impl Event {
             Event::WrongProtocolHeader { id, .. }
             | Event::ClosedBeforeHeader { id, .. }
             | Event::NoProtocolHeader { id, .. }
-            | Event::TimerUnavailable { id, .. }
             | Event::DialFailed { id, .. }
             | Event::Relayed { id, .. }
             | Event::SentClose { id, .. }
@@ -248,10 +241,6 @@ impl fmt::Display for Event {
                 f,
                 "client {peer} sent no protocol header within {}s; closed",
                 waited.as_secs()
-            ),
-            Event::TimerUnavailable { peer, error, .. } => write!(
-                f,
-                "client {peer}: cannot create a heartbeat timer (timerfd): {error}; closed the client"
             ),
             Event::DialFailed { peer, error, .. } => {
                 write!(

@@ -166,6 +166,26 @@ impl Liveness {
         }
     }
 
+    /// Bytes the relay drained from under a raised mark while it was awake
+    /// on purpose (rule R17), before any verdict was due. They count as
+    /// received now: they arrived at some time since the last read, and
+    /// crediting the latest possible time never declares a live broker
+    /// dead early (crediting them one interval back, as the verdict's
+    /// hidden read does, could: a heartbeat drained just after it arrived
+    /// would leave only one interval before the verdict). The price is a
+    /// later verdict, by the time the bytes waited (see R7). Nothing there
+    /// proves nothing yet: the verdict is not due.
+    pub fn after_drain(&mut self, read: HiddenRead, now: Instant) -> Verdict {
+        match read {
+            HiddenRead::Nothing => Verdict::Alive,
+            HiddenRead::Eof => Verdict::Eof,
+            HiddenRead::Bytes(_) => {
+                self.on_broker_bytes(now);
+                Verdict::Alive
+            }
+        }
+    }
+
     /// Before the relay sleeps: the mark the upstream should have, when
     /// that differs from what it has. Raised only once tuned, with nothing
     /// half-read or queued (`nothing_pending`) and interval/2 idle.
@@ -216,6 +236,26 @@ impl Liveness {
             .client
             .as_ref()
             .and_then(|hb| hb.next_deadline(can_send_client));
+        up.into_iter().chain(down).min()
+    }
+
+    /// From when waking before [`Self::next_deadline`] is worth it (rule
+    /// R17): a heartbeat would ride along to a side that can take one.
+    pub fn worth_waking_from(
+        &self,
+        can_send_broker: bool,
+        can_send_client: bool,
+    ) -> Option<Instant> {
+        let up = self
+            .upstream
+            .as_ref()
+            .filter(|_| can_send_broker)
+            .map(HeartbeatTimers::worth_sending_from);
+        let down = self
+            .client
+            .as_ref()
+            .filter(|_| can_send_client)
+            .map(HeartbeatTimers::worth_sending_from);
         up.into_iter().chain(down).min()
     }
 }

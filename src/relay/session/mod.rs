@@ -90,8 +90,9 @@ pub enum Action {
     /// Set the upstream's receive low-water mark (raised: 9 bytes, else
     /// 1), then report with [`Session::on_quiet_mark`] (rule R6).
     SetQuietMark { raised: bool },
-    /// Arm the connection's one timer for this instant (None: disarm);
-    /// when it fires, the driver runs its next round (rules R4, R7).
+    /// Wake by this instant (None: only the sockets wake it); the driver
+    /// runs its next round then (rules R4, R7). The thread may wake it
+    /// earlier, from [`Session::worth_waking_from`] on (rule R17).
     ArmTimer(Option<Instant>),
 }
 
@@ -338,6 +339,30 @@ impl Session {
                 self.from_broker.out_is_empty(),
             )),
         }
+    }
+
+    /// From when a wakeup before the deadline of [`Action::ArmTimer`] is
+    /// worth it (rule R17): a heartbeat would ride along; such a wakeup
+    /// is a round with `awake_anyway` and, quiet, a drain.
+    pub fn worth_waking_from(&self) -> Option<Instant> {
+        self.liveness.worth_waking_from(
+            self.from_client.out_is_empty(),
+            self.from_broker.out_is_empty(),
+        )
+    }
+
+    /// A wakeup on purpose (rule R17) should first drain what the raised
+    /// mark hides: reading it now keeps the broker's next heartbeat from
+    /// waking the thread on its own.
+    pub fn drain_wanted(&self) -> bool {
+        self.liveness.quiet_raised()
+    }
+
+    /// What the drain read into [`Self::inbound`] (Broker); frames in it
+    /// are processed with the next [`Self::process`].
+    pub fn after_drain(&mut self, read: HiddenRead, now: Instant) -> Result<(), Ending> {
+        let verdict = self.liveness.after_drain(read, now);
+        self.apply(verdict)
     }
 
     /// The driver set the quiet mark (or failed to). A mark that cannot be

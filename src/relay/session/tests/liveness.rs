@@ -194,3 +194,70 @@ fn r7_the_hidden_read_runs_before_the_verdict() {
         Some(Ending::BrokerGone(None))
     ));
 }
+
+// R17: a sleeping connection says from when waking it early is worth it
+// (a heartbeat would ride along: interval/4 after the last write), so the
+// thread can wake it together with others; not for a side with bytes
+// queued (no heartbeat can pass them).
+#[test]
+fn r17_an_early_wakeup_is_worth_it_from_a_quarter_interval_after_the_last_write() {
+    let sim = Sim::new(true);
+    assert_eq!(sim.s.worth_waking_from(), None, "nothing before TuneOk");
+    let mut sim = Sim::tuned(false, 0);
+    assert_eq!(sim.sleep(0.0), Some(sim.at(5.0)));
+    assert_eq!(sim.s.worth_waking_from(), Some(sim.at(2.0)));
+    sim.take(Side::Broker, 1.0);
+    sim.feed(Side::Client, &frame(FRAME_BODY, 1, b"x"), 1.0)
+        .unwrap();
+    sim.take(Side::Broker, 1.0);
+    assert_eq!(sim.s.worth_waking_from(), Some(sim.at(3.0)));
+    sim.feed(Side::Client, &frame(FRAME_BODY, 1, b"y"), 1.5)
+        .unwrap();
+    assert_eq!(sim.s.worth_waking_from(), None, "bytes queued upstream");
+    // A client that asked for heartbeats (every 4 s) has its own window.
+    let sim = Sim::tuned(false, 4);
+    assert_eq!(sim.s.worth_waking_from(), Some(sim.at(1.0)));
+}
+
+// R17 with R6 and R7: woken on purpose, a quiet connection drains what
+// the raised mark hides. Bytes there count as received at the drain (the
+// latest they can have arrived), so a live broker is never judged early;
+// nothing there is not a verdict; end of stream is the broker gone.
+#[test]
+fn r17_a_drain_counts_hidden_bytes_as_received_at_the_drain() {
+    let mut sim = Sim::tuned(true, 0);
+    assert_eq!(sim.sleep(4.0), Some(sim.at(10.0)));
+    assert!(sim.s.drain_wanted());
+    sim.s
+        .inbound(Side::Broker)
+        .inbuf
+        .extend_from_slice(&HEARTBEAT_FRAME);
+    sim.s
+        .after_drain(HiddenRead::Bytes(8), sim.at(9.0))
+        .unwrap();
+    sim.s.process(Side::Broker, sim.at(9.0)).unwrap();
+    assert!(sim.take(Side::Client, 9.0).is_empty(), "absorbed");
+    // Received at 9: alive until 9 + 16 = 25 (the verdict's hidden read
+    // would have counted it at 9 - 8 = 1, dead at 17).
+    sim.round(24.9, false, Some(HiddenRead::Nothing)).unwrap();
+    assert!(matches!(
+        sim.round(25.0, false, Some(HiddenRead::Nothing)),
+        Err(Ending::BrokerSilent(s)) if s == secs(16.0)
+    ));
+
+    let mut sim = Sim::tuned(true, 0);
+    sim.sleep(4.0);
+    sim.s
+        .after_drain(HiddenRead::Nothing, sim.at(15.9))
+        .unwrap();
+    assert!(sim.s.broker_ended().is_none());
+    sim.s.after_drain(HiddenRead::Eof, sim.at(15.9)).unwrap();
+    assert!(matches!(
+        sim.s.broker_ended(),
+        Some(Ending::BrokerGone(None))
+    ));
+
+    let mut sim = Sim::tuned(false, 0);
+    sim.sleep(4.0);
+    assert!(!sim.s.drain_wanted(), "no mark, nothing hidden");
+}
