@@ -21,8 +21,10 @@ def _connection():
     if c is not None:
         return c
     url = urllib.parse.urlsplit(os.environ["AMQP_HEARTBEAT_URL"])
-    c = amqp.Connection(host="%s:%d" % (url.hostname, url.port), userid=url.username,
-                        password=url.password, virtual_host=url.path[1:] or "/", heartbeat=0)
+    # The published URL has no userinfo (the relay logs in with the
+    # directive's): any user and password do, py-amqp just needs some.
+    c = amqp.Connection(host="%s:%d" % (url.hostname, url.port), userid=url.username or "guest",
+                        password=url.password or "guest", virtual_host=url.path[1:] or "/", heartbeat=0)
     c.connect()
     ch = c.channel()
     ch.queue_declare(QUEUE, auto_delete=False)
