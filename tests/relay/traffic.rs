@@ -5,7 +5,7 @@ use crate::Env;
 use crate::support::amqp::{self, Client, Tuning};
 use crate::support::relay::{Relay, Settings};
 use amiquip::{Connection, ConsumerMessage, ConsumerOptions, Publish, QueueDeclareOptions};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const FRAME_MAX: usize = 131_072;
 
@@ -226,6 +226,22 @@ fn raw_round_trip(env: &Env, relay: &Relay) -> Result<(), String> {
     }
     c.cancel(2, &tag)?;
     c.ack(2, last_tag, true)?;
+    // amiquip publishes from its own I/O thread: the last (largest)
+    // messages may still be on their way to the queue when the consumer
+    // is done with the first half. Wait until the broker holds them all.
+    let rest = (sizes.len() - half) as u32;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = c.declare_queue(1, &queue)?;
+        if held >= rest {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the broker holds only {held} of the {rest} messages amiquip published, after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for (i, len) in sizes.iter().enumerate().skip(half) {
         match c.get(1, &queue)? {
             Some(m) => check_message(offset + i, *len, &m.body)
