@@ -6,7 +6,6 @@ use super::bindings::{
     apr_status_t, server_rec,
 };
 use super::server_config::ModuleConfig;
-use std::any::Any;
 use std::borrow::Cow;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -27,21 +26,11 @@ pub(super) fn boundary<R>(entry: &str, server: Server, on_panic: R, body: impl F
                 super::bindings::APLOG_ERR,
                 &format!(
                     "internal error in {entry}: {}",
-                    panic_message(payload.as_ref())
+                    crate::relay::panic_guard::message(payload.as_ref())
                 ),
             );
             on_panic
         }
-    }
-}
-
-pub(super) fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "unknown panic"
     }
 }
 

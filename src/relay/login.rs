@@ -14,7 +14,7 @@
 //! password ever reaches a log line (`Credentials`' Debug hides them).
 
 use crate::broker_url::{BrokerUrl, percent_decode};
-use crate::relay::frame::FRAME_METHOD;
+use crate::relay::frame::{self, FRAME_METHOD};
 use bytes::Bytes;
 use std::fmt;
 
@@ -196,11 +196,7 @@ pub fn start_ok_with(
     payload.extend_from_slice(locale);
 
     let mut frame = Vec::with_capacity(payload.len() + 8);
-    frame.push(FRAME_METHOD);
-    frame.extend_from_slice(&0u16.to_be_bytes());
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&payload);
-    frame.push(0xCE);
+    frame::encode(FRAME_METHOD, 0, &payload, &mut frame);
     Ok(Bytes::from(frame))
 }
 

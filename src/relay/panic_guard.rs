@@ -10,14 +10,15 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// The text of a panic's payload.
-pub fn message(payload: &(dyn std::any::Any + Send)) -> String {
+/// The text of a panic's payload (also the Apache layer's, for panics at
+/// its entry points).
+pub fn message(payload: &(dyn std::any::Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
+        s
     } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
+        s
     } else {
-        "unknown panic".to_string()
+        "unknown panic"
     }
 }
 
@@ -25,7 +26,7 @@ pub fn message(payload: &(dyn std::any::Any + Send)) -> String {
 pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     // What a panicking `f` leaves behind is not used again except to be
     // closed or dropped (the connection ends, the task restarts).
-    catch_unwind(AssertUnwindSafe(f)).map_err(|p| message(p.as_ref()))
+    catch_unwind(AssertUnwindSafe(f)).map_err(|p| message(p.as_ref()).to_string())
 }
 
 /// A future whose panic while polled becomes `Err(its message)`; it is not
