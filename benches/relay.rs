@@ -811,11 +811,17 @@ fn run() -> Res<()> {
         sorted(Path::Direct),
         sorted(Path::Haproxy),
     );
-    for (p, label, budget) in [
-        (50.0, "p50", 20.0),
-        (99.0, "p99", 100.0),
-        (99.9, "p99.9", f64::NAN),
-    ] {
+    // --flood-only measured no latency: nothing to take percentiles of.
+    let latency_figures = if flood_only {
+        &[][..]
+    } else {
+        &[
+            (50.0, "p50", 20.0),
+            (99.0, "p99", 100.0),
+            (99.9, "p99.9", f64::NAN),
+        ][..]
+    };
+    for &(p, label, budget) in latency_figures {
         let (rv, dv) = (percentile(r, p), percentile(d, p));
         let hv = (!h.is_empty()).then(|| percentile(h, p));
         let added = rv - dv;
@@ -853,12 +859,14 @@ fn run() -> Res<()> {
             }
         }
     }
-    eprintln!(
-        "  P2 {} samples per path (64-byte body, publisher and consumer connections)",
-        r.len()
-    );
+    if !flood_only {
+        eprintln!(
+            "  P2 {} samples per path (64-byte body, publisher and consumer connections)",
+            r.len()
+        );
+    }
 
-    for f in flood::refusal_flood(relay, quick)? {
+    for f in flood::refusal_flood(relay, direct, quick)? {
         f.print();
         figures.push(f);
     }
