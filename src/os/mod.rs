@@ -2,6 +2,7 @@
 //! offer safely. With `src/apache`, the only place that may use `unsafe`;
 //! each block says why it is sound.
 
+pub mod listener;
 pub mod rcvlowat;
 pub mod shm;
 pub mod sock_diag;
