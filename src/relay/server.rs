@@ -288,8 +288,9 @@ impl Acceptor {
         };
         let mut check = peer::PeerCheck::new();
         let mut refusals = RefusalLog::default();
-        let mut batch = Vec::with_capacity(ACCEPT_BATCH);
-        let mut to_reset = Vec::with_capacity(ACCEPT_BATCH);
+        let batch_max = accept_batch_max();
+        let mut batch = Vec::with_capacity(batch_max);
+        let mut to_reset = Vec::with_capacity(batch_max);
         loop {
             // The count of refusals not logged yet, when their interval
             // ends; no timer at all while none is counted.
@@ -301,7 +302,7 @@ impl Acceptor {
                 }
             };
             let failed = tokio::select! {
-                r = self.accept_batch(&mut batch) => r,
+                r = self.accept_batch(&mut batch, batch_max) => r,
                 _ = shutdown.wait_for(|v| v.is_some()) => return,
                 _ = summary => {
                     if let Some(summary) = refusals.flush(std::time::Instant::now()) {
@@ -310,13 +311,21 @@ impl Acceptor {
                     continue;
                 }
             };
-            for (stream, peer) in batch.drain(..) {
+            // Newest first: an app connection queued behind a flood is
+            // near the end of the queue, and each client checked before it
+            // costs it a sock_diag query.
+            while let Some((stream, peer)) = batch.pop() {
                 #[cfg(feature = "test-hooks")]
                 if crate::relay::test_hooks::acceptor_should_panic(local.port()) {
                     panic!("test-hooks: the acceptor was asked to panic");
                 }
                 match self.verdict(&mut check, &stream, peer, local) {
-                    Verdict::Accept => self.start(stream, peer, &shutdown),
+                    Verdict::Accept => {
+                        self.start(stream, peer, &shutdown);
+                        // Its task dials the broker now, not after the
+                        // rest of the batch.
+                        tokio::task::yield_now().await;
+                    }
                     Verdict::Gone => {
                         self.log
                             .record(self.index, &Event::ClosedBeforeAccepted { peer });
@@ -363,13 +372,17 @@ impl Acceptor {
     }
 
     /// Wait until the listener is ready, then accept what is queued, up to
-    /// ACCEPT_BATCH. Accepting here rather than through tokio keeps a
+    /// `max`. Accepting here rather than through tokio keeps a
     /// refused client out of the event loop (no epoll registration and
     /// removal per refusal: a sixth of a refusal's cost under a flood), and
     /// a batch lets the app's own connection, queued behind a flood, start
     /// before the flood's resets (see `run`).
-    async fn accept_batch(&self, batch: &mut Vec<(TcpStream, SocketAddr)>) -> AcceptEnd {
-        while batch.len() < ACCEPT_BATCH {
+    async fn accept_batch(
+        &self,
+        batch: &mut Vec<(TcpStream, SocketAddr)>,
+        max: usize,
+    ) -> AcceptEnd {
+        while batch.len() < max {
             match self.listener.accept().await {
                 Ok(Accepted::Client(stream, peer)) => batch.push((stream, peer)),
                 Ok(Accepted::Drained) => return AcceptEnd::Drained,
@@ -430,8 +443,17 @@ impl Acceptor {
     }
 }
 
-/// Clients accepted per wake-up of an acceptor, at most.
-const ACCEPT_BATCH: usize = 64;
+/// Clients accepted per wake-up of an acceptor, at most: enough to take a
+/// flood's whole queue in one go (so the app's connection in it is found
+/// first, see `run`), and never more than an eighth of the descriptors the
+/// process may open, since the batch holds them until they are checked.
+fn accept_batch_max() -> usize {
+    const MOST: usize = 128;
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => (soft / 8).clamp(1, MOST as u64) as usize,
+        Err(_) => 16,
+    }
+}
 
 /// How an accept batch ended.
 enum AcceptEnd {
