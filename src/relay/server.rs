@@ -53,7 +53,7 @@ impl Shutdown {
 /// The recipe of the relay's event loop. Make it before the relay thread
 /// starts: tokio reads the environment when a builder is made
 /// (`TOKIO_UNSTABLE_SHARDED_BLOCKING_QUEUE`), and the relay thread never
-/// does (see resolve.rs); building a runtime from it reads nothing.
+/// does (rule R18); building a runtime from it reads nothing.
 pub fn runtime_builder() -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder
