@@ -76,8 +76,8 @@ def test_an_app_changing_the_resolver_environment_does_not_change_the_relays_loo
     resolv.conf that httpd started with makes 127.0.0.1 (a private dnsmasq,
     in httpd's own mount namespace). Before its first AMQP connection, so
     before the relay's first lookup (glibc reads LOCALDOMAIN and RES_OPTIONS
-    when a thread first resolves), the app sets both; with them, "rabbit"
-    would be rabbit.evil.test, 127.0.0.2. The relay still resolves with the
+    when a thread first resolves), the app sets both; with them, glibc asks
+    for "rabbit" and rabbit.evil.test (127.0.0.2). The relay still resolves with the
     environment captured in child_init: the publish works and the DNS server
     saw queries for rabbit.amqphb.test only."""
     node = make_rabbit()
