@@ -5,12 +5,15 @@ set -e
 PACKAGES="apache2 apache2-dev libclang-dev clang libapache2-mod-wsgi-py3 rabbitmq-server
 python3-eventlet python3-kombu python3-oslo.messaging python3-pika python3-prometheus-client python3-pytest curl procps openssl
 build-essential dpkg-dev debhelper fakeroot lintian
-haproxy"
+haproxy
+dnsmasq-base"
 # build-essential ... lintian: `make deb` and its test (tests/deb). dh-apache2
 # (the debhelper add-on) is a virtual package that apache2-dev provides.
 # python3-pika: a second real client in the refusal tests (tests/httpd).
 # python3-prometheus-client: the status page test parses ?metrics with it.
 # haproxy: the third path of `make bench` (P6, relay versus haproxy).
+# dnsmasq-base: the DNS server of the resolver test (tests/httpd, issue 11 item 9);
+# the binary only, without the dnsmasq package's system service.
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

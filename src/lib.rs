@@ -8,7 +8,7 @@
 //! - [`config`], [`broker_url`] and [`env_name`]: directive parsing,
 //!   validation and the Apache-style merge. Safe, unit-tested, no httpd
 //!   symbols.
-//! - [`relay`]: the relay proper (its rules: docs/DESIGN.md, R1 to R17).
+//! - [`relay`]: the relay proper (its rules: docs/DESIGN.md, R1 to R18).
 //!   [`relay::session`] is one relayed connection as a sans-I/O state
 //!   machine: bytes and the time in, actions out; its parts are
 //!   [`relay::session::phase`] (where the connection is),

@@ -55,6 +55,7 @@ impl RelayThread {
         // The thread never reads the environment: what it needs of it is
         // taken now (TLS roots were loaded with the listeners).
         resolve::capture_environment();
+        let mut runtime = server::runtime_builder();
         let shutdown = Shutdown::new();
         let thread_shutdown = shutdown.clone();
         let (finished_tx, finished) = mpsc::channel();
@@ -68,7 +69,13 @@ impl RelayThread {
         let spawned = std::thread::Builder::new()
             .name("amqp-heartbeat".to_string())
             .spawn(move || {
-                supervise(&listeners, &thread_shutdown, &log, server::run);
+                supervise(
+                    &listeners,
+                    &mut runtime,
+                    &thread_shutdown,
+                    &log,
+                    server::run,
+                );
                 let _ = finished_tx.send(());
             });
         // Restore the caller's mask whatever happened: this is httpd's thread.
@@ -112,10 +119,16 @@ impl RelayThread {
 
 /// The signature of [`server::run`]; a parameter so the restart logic can
 /// be tested with a relay that panics.
-type RunRelay = fn(Vec<RelayListener>, Shutdown, Arc<dyn EventLog>) -> Result<(), String>;
+type RunRelay = fn(
+    &mut tokio::runtime::Builder,
+    Vec<RelayListener>,
+    Shutdown,
+    Arc<dyn EventLog>,
+) -> Result<(), String>;
 
 fn supervise(
     listeners: &[RelayListener],
+    runtime: &mut tokio::runtime::Builder,
     shutdown: &Shutdown,
     log: &Arc<dyn EventLog>,
     run: RunRelay,
@@ -141,7 +154,7 @@ fn supervise(
             }
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            run(copies, shutdown.clone(), Arc::clone(log))
+            run(runtime, copies, shutdown.clone(), Arc::clone(log))
         }));
         match outcome {
             Ok(Ok(())) => return,
@@ -179,6 +192,7 @@ mod tests {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
 
     fn panics_twice(
+        runtime: &mut tokio::runtime::Builder,
         listeners: Vec<RelayListener>,
         shutdown: Shutdown,
         log: Arc<dyn EventLog>,
@@ -186,7 +200,7 @@ mod tests {
         if RUNS.fetch_add(1, Ordering::SeqCst) < 2 {
             panic!("test panic");
         }
-        server::run(listeners, shutdown, log)
+        server::run(runtime, listeners, shutdown, log)
     }
 
     /// The relay at `addr` answers a wrong protocol header with AMQP's.
@@ -226,8 +240,16 @@ mod tests {
         let shutdown = Shutdown::new();
         let thread_shutdown = shutdown.clone();
         let listeners = vec![listener];
-        let thread =
-            std::thread::spawn(move || supervise(&listeners, &thread_shutdown, &log, panics_twice));
+        let mut runtime = server::runtime_builder();
+        let thread = std::thread::spawn(move || {
+            supervise(
+                &listeners,
+                &mut runtime,
+                &thread_shutdown,
+                &log,
+                panics_twice,
+            )
+        });
         // After two panics and restarts the relay serves the same address.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while RUNS.load(Ordering::SeqCst) < 3 && std::time::Instant::now() < deadline {

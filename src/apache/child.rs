@@ -285,6 +285,7 @@ pub(super) unsafe fn start(
         gate: Arc::clone(&gate),
     });
     let (log, status) = status::attach(&listener_names, log, kind);
+    crate::relay::panic_guard::install_hook();
     match RelayThread::start(listeners, log) {
         Ok(thread) => {
             main.log(APLOG_INFO, &format!("relay thread started ({count} listener(s))"));

@@ -1,4 +1,4 @@
-//! The AMQP 0-9-1 heartbeat relay (its rules: R1 to R17 in
+//! The AMQP 0-9-1 heartbeat relay (its rules: R1 to R18 in
 //! docs/DESIGN.md).
 //!
 //! One current-thread tokio runtime per relay thread; one task per relayed

@@ -22,6 +22,28 @@ pub fn message(payload: &(dyn std::any::Any + Send)) -> &str {
     }
 }
 
+/// Replace std's default panic hook (for this module's Rust code only: a
+/// cdylib has its own std) by one that prints the same lines but reads the
+/// environment now, not at the first panic: std's reads `RUST_BACKTRACE`
+/// then, which would be on the relay thread (rule R18). Call before the
+/// relay thread starts; later calls do nothing.
+pub fn install_hook() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let backtrace = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or("<unnamed>");
+            if backtrace {
+                let trace = std::backtrace::Backtrace::force_capture();
+                eprintln!("\nthread '{name}' {info}\nstack backtrace:\n{trace}");
+            } else {
+                eprintln!("\nthread '{name}' {info}");
+            }
+        }));
+    });
+}
+
 /// Run `f`; a panic becomes `Err(its message)`.
 pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     // What a panicking `f` leaves behind is not used again except to be

@@ -52,21 +52,34 @@ impl Shutdown {
     }
 }
 
-/// Run the relay on `listeners` until `shutdown` is triggered; then every
-/// connection closes its upstream with Connection.Close within the grace
-/// period carried by the trigger.
-pub fn run(
-    listeners: Vec<RelayListener>,
-    shutdown: Shutdown,
-    log: Arc<dyn EventLog>,
-) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// The recipe of the relay's event loop. Make it before the relay thread
+/// starts: tokio reads the environment when a builder is made
+/// (`TOKIO_UNSTABLE_SHARDED_BLOCKING_QUEUE`), and the relay thread never
+/// does (rule R18); building a runtime from it reads nothing.
+pub fn runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder
         .enable_all()
         // Only DNS lookups of broker host names use blocking threads; let
         // them go soon so an idle child is back to one relay thread.
         .max_blocking_threads(2)
         .thread_keep_alive(Duration::from_secs(1))
-        .thread_name("amqp-heartbeat-dns")
+        .thread_name("amqp-heartbeat-dns");
+    builder
+}
+
+/// Run the relay on `listeners`, in a runtime built from `runtime` (see
+/// [`runtime_builder`]; one per run, so a restart after a panic starts
+/// afresh), until `shutdown` is triggered; then every connection closes its
+/// upstream with Connection.Close within the grace period carried by the
+/// trigger.
+pub fn run(
+    runtime: &mut tokio::runtime::Builder,
+    listeners: Vec<RelayListener>,
+    shutdown: Shutdown,
+    log: Arc<dyn EventLog>,
+) -> Result<(), String> {
+    let runtime = runtime
         .build()
         .map_err(|e| format!("cannot build the event loop: {e}"))?;
     runtime.block_on(serve_all(listeners, shutdown, log))
@@ -490,7 +503,9 @@ mod tests {
             let shutdown = Shutdown::new();
             let thread = {
                 let (shutdown, log) = (shutdown.clone(), Arc::clone(&log) as Arc<dyn EventLog>);
-                std::thread::spawn(move || run(vec![listener], shutdown, log))
+                std::thread::spawn(move || {
+                    run(&mut runtime_builder(), vec![listener], shutdown, log)
+                })
             };
             Running {
                 log,

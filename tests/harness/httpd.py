@@ -79,10 +79,12 @@ class Httpd:
     event/worker. modules: extra module names from /usr/lib/apache2/modules
     (authz_core and env are always loaded). wsgi: load mod_wsgi. amqp: load
     target/mod_amqp_heartbeat.so (HttpdError if not built). env: extra
-    environment for apache2 (e.g. PassEnv tests)."""
+    environment for apache2 (e.g. PassEnv tests). launcher: a command that
+    runs apache2's command line given as its trailing arguments (e.g. in a
+    mount namespace of its own, dns.Dnsmasq.private_resolver)."""
 
     def __init__(self, workdir, body="", mpm="prefork", modules=(), servers=3, threads_per_child=4,
-                 wsgi=False, amqp=True, env=None, port=None, log_level="info"):
+                 wsgi=False, amqp=True, env=None, port=None, log_level="info", launcher=()):
         self.workdir = os.path.abspath(workdir)
         self.body = body
         self.mpm = mpm
@@ -92,6 +94,7 @@ class Httpd:
         self.wsgi = wsgi
         self.amqp = amqp
         self.extra_env = dict(env or {})
+        self.launcher = list(launcher)
         self.port = port or ports.free_port()
         self.log_level = log_level
         self.parent_pid = None
@@ -165,7 +168,8 @@ class Httpd:
             f.write(self.config_text())
 
     def _run(self, *args, timeout=30):
-        return subprocess.run([APACHE2, "-f", self.conf_path] + list(args), env=_minimal_env(self.extra_env),
+        return subprocess.run(self.launcher + [APACHE2, "-f", self.conf_path] + list(args),
+                              env=_minimal_env(self.extra_env),
                               cwd=self.workdir, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout)
 

@@ -11,11 +11,16 @@
 # other connections open meanwhile).
 # handshake=1 (send each URL's host:port AMQP 0-9-1's protocol header and
 # report what came back before the end of stream, as hex).
+# setenv=NAME=VALUE (repeatable; first of all: os.environ, so the C
+# environment, as an app changing it after start), probe=NAME (libc's getenv
+# of NAME from a native thread named "amqphb-probe", to show an LD_PRELOAD
+# getenv watcher sees this process's threads).
 import ctypes
 import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 
@@ -32,6 +37,15 @@ except ImportError:  # pragma: no cover
 def c_getenv(name):
     v = _libc.getenv(name.encode())
     return v.decode() if v is not None else None
+
+
+def getenv_from_named_thread(name, thread_name=b"amqphb-probe"):
+    def run():
+        _libc.prctl(15, ctypes.c_char_p(thread_name), 0, 0, 0)  # PR_SET_NAME
+        c_getenv(name)
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
 
 
 def try_connect(url):
@@ -123,6 +137,11 @@ def try_handshake(url):
 
 def application(environ, start_response):
     q = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    for pair in q.get("setenv", []):
+        name, _, value = pair.partition("=")
+        os.environ[name] = value
+    for name in q.get("probe", []):
+        getenv_from_named_thread(name)
     names = q.get("name") or ["AMQP_HEARTBEAT_URL"]
     if "sleep" in q:
         time.sleep(float(q["sleep"][0]))

@@ -1,5 +1,5 @@
 //! Every session rule (docs/DESIGN.md: R1 to R10, R14, R17; R11 to R13,
-//! R15 and R16 live outside the session) against the session alone:
+//! R15, R16 and R18 live outside the session) against the session alone:
 //! scripted bytes, a fake clock (instants built from one `t0`), no
 //! sockets. The real-broker tests in tests/relay prove the driver.
 //! Here: the helpers, frames and buffers (R1 to R3, R8, R9); `liveness`:
