@@ -13,8 +13,11 @@
 //!
 //! ```text
 //! cargo bench --bench relay -- [--broker-port PORT] [--quick] [--rounds N]
-//!                               [--no-haproxy] [--flood-only]
+//!                               [--no-haproxy] [--flood-only] [--latency-only]
 //! ```
+//!
+//! `--latency-only` runs P2 (and its P6 lines) alone: no throughput, no
+//! flood, for comparing builds on per-message latency.
 //!
 //! Without `--broker-port` a private RabbitMQ node is started with
 //! `tests/harness/rabbit.py` and stopped at the end. haproxy (Debian's
@@ -553,6 +556,7 @@ fn run() -> Res<()> {
     let mut quick = false;
     let mut with_haproxy = true;
     let mut flood_only = false;
+    let mut latency_only = false;
     let mut rounds = 3usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -567,6 +571,7 @@ fn run() -> Res<()> {
             "--quick" => quick = true,
             "--no-haproxy" => with_haproxy = false,
             "--flood-only" => flood_only = true,
+            "--latency-only" => latency_only = true,
             "--rounds" => {
                 rounds = args
                     .next()
@@ -686,7 +691,7 @@ fn run() -> Res<()> {
     ];
     let mut figures = Vec::new();
     let mut anchors = Vec::new();
-    for case in cases.into_iter().filter(|_| !flood_only) {
+    for case in cases.into_iter().filter(|_| !flood_only && !latency_only) {
         // Warm-up on every path, then rotate which path goes first.
         let warm = ThroughputCase {
             count: case.count / 10,
@@ -866,7 +871,12 @@ fn run() -> Res<()> {
         );
     }
 
-    for f in flood::refusal_flood(relay, direct, quick)? {
+    let flood = if latency_only {
+        Vec::new()
+    } else {
+        flood::refusal_flood(relay, direct, quick)?
+    };
+    for f in flood {
         f.print();
         figures.push(f);
     }
