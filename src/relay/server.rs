@@ -335,7 +335,7 @@ impl Acceptor {
                 }
                 match self.verdict(&mut check, &stream, peer, local) {
                     Verdict::Accept => {
-                        self.start(stream, peer, &shutdown);
+                        self.start(stream, peer, local, &shutdown);
                         // Its task dials the broker now, not after the
                         // rest of the batch.
                         turns.yield_now().await;
@@ -417,20 +417,15 @@ impl Acceptor {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
+        local: SocketAddr,
         shutdown: &watch::Receiver<Option<Duration>>,
     ) {
         let stream = match to_tokio(stream) {
             Ok(s) => s,
             Err(error) => {
-                if let Ok(local) = self.listener.local_addr() {
-                    self.log.record(
-                        self.index,
-                        &Event::AcceptFailed {
-                            local,
-                            error: error.to_string(),
-                        },
-                    );
-                }
+                let error = error.to_string();
+                self.log
+                    .record(self.index, &Event::AcceptFailed { local, error });
                 return;
             }
         };
