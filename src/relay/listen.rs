@@ -29,15 +29,44 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 
+/// How many fresh ports [`bind_loopback`] tries before it gives up.
+const BIND_ATTEMPTS: usize = 16;
+
 /// A non-blocking listener on an ephemeral port of 127.0.0.1, bound so that
 /// it keeps its port after it stops listening (see the module comment).
 pub fn bind_loopback() -> io::Result<TcpListener> {
+    bind_loopback_racing(|_| ())
+}
+
+/// [`bind_loopback`], with `between_binds` run in the window where another
+/// process can take the port (tests use it to take it).
+///
+/// While only the first socket holds the port, with SO_REUSEADDR and not
+/// listening, another socket with SO_REUSEADDR may bind that same port and
+/// listen on it: a server handed the number by a "free port" picker that
+/// closed its own probe, as test harnesses and some daemons do. The
+/// listener's bind or listen then fails with EADDRINUSE; the port is that
+/// server's, so the listener starts over on a fresh one.
+fn bind_loopback_racing(mut between_binds: impl FnMut(u16)) -> io::Result<TcpListener> {
+    let mut attempt = 1;
+    loop {
+        match bind_once(&mut between_binds) {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && attempt < BIND_ATTEMPTS => {
+                attempt += 1;
+            }
+            bound => return bound,
+        }
+    }
+}
+
+fn bind_once(between_binds: &mut impl FnMut(u16)) -> io::Result<TcpListener> {
     let ephemeral = reusable_socket()?;
     bind(
         ephemeral.as_raw_fd(),
         &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
     )?;
     let port = getsockname::<SockaddrIn>(ephemeral.as_raw_fd())?.port();
+    between_binds(port);
     let held = reusable_socket()?;
     bind(
         held.as_raw_fd(),
@@ -142,5 +171,44 @@ mod tests {
         drop(listener);
         held.refuse();
         assert_held_and_refusing(port);
+    }
+
+    /// What a server handed the port number does: bind it with
+    /// SO_REUSEADDR and listen.
+    fn serve_on(port: u16) -> OwnedFd {
+        let server = reusable_socket().unwrap();
+        bind(
+            server.as_raw_fd(),
+            &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+        )
+        .unwrap();
+        listen(&server, Backlog::new(1).unwrap()).unwrap();
+        server
+    }
+
+    /// Seen in CI: a RabbitMQ node given a port number by the harness bound
+    /// it with SO_REUSEADDR while only the relay's first socket held it, and
+    /// the relay failed to start with EADDRINUSE.
+    #[test]
+    fn a_port_taken_between_the_binds_is_given_up_for_a_fresh_one() {
+        let mut taken = Vec::new();
+        let listener = bind_loopback_racing(|port| {
+            if taken.len() < 3 {
+                taken.push((port, serve_on(port)));
+            }
+        })
+        .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(taken.len(), 3);
+        assert!(taken.iter().all(|(p, _)| *p != port));
+        TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    }
+
+    #[test]
+    fn a_port_race_lost_every_time_is_an_error() {
+        let mut servers = Vec::new();
+        let err = bind_loopback_racing(|port| servers.push(serve_on(port))).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+        assert_eq!(servers.len(), BIND_ATTEMPTS);
     }
 }

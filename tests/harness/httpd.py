@@ -96,6 +96,7 @@ class Httpd:
         self.extra_env = dict(env or {})
         self.launcher = list(launcher)
         self.port = port or ports.free_port()
+        self._port_picked = port is None
         self.log_level = log_level
         self.parent_pid = None
         self.start_seconds = None
@@ -187,6 +188,13 @@ class Httpd:
             os.unlink(self.pid_file)
         t0 = time.monotonic()
         r = self._run("-k", "start", timeout=timeout)
+        if r.returncode != 0 and self._port_picked and self.start_seconds is None \
+                and "Address already in use" in r.stdout + r.stderr + self.error_log_tail():
+            # The port was free when picked, not reserved: one more try on
+            # a new one, as RabbitMQ.start does.
+            self.port = ports.free_port()
+            self.write_config()
+            r = self._run("-k", "start", timeout=timeout)
         if r.returncode != 0:
             raise HttpdError("apache2 -k start failed (%d): %s%s\n%s"
                              % (r.returncode, r.stdout, r.stderr, self.error_log_tail()))
