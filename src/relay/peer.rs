@@ -12,15 +12,18 @@
 //! user costs one query per connection; a socket nobody holds any more is a
 //! client that closed at once. Only a socket of this process's own uid
 //! (another httpd child, or this one) needs a look at this process's
-//! descriptors, for the socket's inode. Without sock_diag (a kernel or a
-//! sandbox without it) every descriptor is asked for its two addresses
-//! ([`client_is_this_process`]). Either walk is bounded by this process's
+//! descriptors, for the socket's inode (then confirmed by the descriptor's
+//! two addresses). Without sock_diag (a kernel or a sandbox without it)
+//! every descriptor is asked for its two addresses. Either walk is bounded by this process's
 //! size; the kernel's socket tables (/proc/net/tcp) would need a walk of
 //! the whole machine's TCP hash on every accept.
 
 use crate::os::sock_diag::{Owner, SockDiag};
 use crate::os::socket_kind;
+use nix::dir::Dir;
+use nix::fcntl::{OFlag, readlinkat};
 use nix::sys::socket::{SockaddrStorage, getpeername, getsockname};
+use nix::sys::stat::Mode;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
@@ -44,6 +47,7 @@ pub struct PeerCheck {
     /// this process is asked for its addresses.
     diag: Option<SockDiag>,
     uid: u32,
+    fds: OwnFds,
 }
 
 impl Default for PeerCheck {
@@ -57,6 +61,7 @@ impl PeerCheck {
         PeerCheck {
             diag: SockDiag::open().ok(),
             uid: nix::unistd::geteuid().as_raw(),
+            fds: OwnFds::open(),
         }
     }
 
@@ -73,15 +78,15 @@ impl PeerCheck {
     pub fn holder(&mut self, client: SocketAddr, relay: SocketAddr) -> io::Result<Holder> {
         if let Some(diag) = &mut self.diag {
             match diag.tcp_owner(client, relay) {
-                // Another user's, closed or not: a flood of connect-and-
-                // close is a flood of refusals (rate-limited), not of
-                // early closes.
+                // Nobody holds it (a closing or time-wait socket, which
+                // the kernel reports as uid 0): the client went already,
+                // whoever it was. A flood of these is rate-limited too.
+                Ok(None) | Ok(Some(Owner { inode: 0, .. })) => return Ok(Holder::Gone),
                 Ok(Some(Owner { uid, .. })) if uid != self.uid => {
                     return Ok(Holder::OtherUser(uid));
                 }
-                Ok(None) | Ok(Some(Owner { inode: 0, .. })) => return Ok(Holder::Gone),
                 Ok(Some(Owner { inode, .. })) => {
-                    return Ok(if holds_socket(inode)? {
+                    return Ok(if self.fds.holds(inode, client, relay)? {
                         Holder::ThisProcess
                     } else {
                         Holder::OtherProcess
@@ -91,7 +96,7 @@ impl PeerCheck {
                 Err(_) => {}
             }
         }
-        Ok(if client_is_this_process(client, relay)? {
+        Ok(if self.fds.any_is_client(client, relay)? {
             Holder::ThisProcess
         } else {
             Holder::OtherProcess
@@ -99,53 +104,79 @@ impl PeerCheck {
     }
 }
 
-/// True when one of this process's descriptors is socket `inode`.
-fn holds_socket(inode: u32) -> io::Result<bool> {
-    let wanted = format!("socket:[{inode}]");
-    for entry in std::fs::read_dir("/proc/self/fd")? {
-        let Ok(entry) = entry else { continue };
-        // A descriptor closed meanwhile just fails to match.
-        if std::fs::read_link(entry.path())
-            .is_ok_and(|target| target.as_os_str() == wanted.as_str())
-        {
-            return Ok(true);
-        }
+/// This process's descriptors (/proc/self/fd), opened once: a check must
+/// not need a descriptor of its own, or a flood that brings the process
+/// near RLIMIT_NOFILE would make the app's own connection fail its check.
+struct OwnFds(Option<Dir>);
+
+impl OwnFds {
+    fn open() -> OwnFds {
+        OwnFds(open_fd_dir().ok())
     }
-    Ok(false)
+
+    /// Each descriptor of this process, by number; a walk that cannot
+    /// start is an error (the client cannot be told apart).
+    fn walk(&mut self, mut visit: impl FnMut(&Dir, RawFd) -> bool) -> io::Result<bool> {
+        let mut opened_now;
+        let dir = match &mut self.0 {
+            Some(dir) => dir,
+            None => {
+                opened_now = open_fd_dir()?;
+                &mut opened_now
+            }
+        };
+        let numbers: Vec<RawFd> = dir
+            .iter()
+            .filter_map(|entry| entry.ok()?.file_name().to_str().ok()?.parse().ok())
+            .collect();
+        Ok(numbers.into_iter().any(|fd| visit(dir, fd)))
+    }
+
+    /// True when one of this process's descriptors is socket `inode`, and
+    /// that descriptor is the client's socket. An inode number alone is
+    /// not enough: socket inodes come from a 32-bit counter that wraps,
+    /// and another process of this user could create sockets or pipes
+    /// until one of its sockets has the number of one this process holds
+    /// (its listener, say); the 4-tuple of a TCP connection is unique.
+    fn holds(&mut self, inode: u32, client: SocketAddr, relay: SocketAddr) -> io::Result<bool> {
+        let wanted = format!("socket:[{inode}]");
+        self.walk(|dir, fd| {
+            // A descriptor closed meanwhile just fails to match.
+            readlinkat(dir, fd.to_string().as_str()).is_ok_and(|target| target == *wanted)
+                && fd_is_client(fd, client, relay)
+        })
+    }
+
+    /// True when the socket whose local address is `client` and remote
+    /// address is `relay` is an open descriptor of this process.
+    fn any_is_client(&mut self, client: SocketAddr, relay: SocketAddr) -> io::Result<bool> {
+        self.walk(|_, fd| fd_is_client(fd, client, relay))
+    }
 }
 
-/// True when the socket whose local address is `client` and remote address
-/// is `relay` is an open descriptor of this process.
-pub fn client_is_this_process(client: SocketAddr, relay: SocketAddr) -> io::Result<bool> {
-    for entry in std::fs::read_dir("/proc/self/fd")? {
-        let Ok(entry) = entry else { continue };
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<RawFd>().ok())
-        else {
-            continue;
-        };
-        // Read-only queries: a descriptor that is not a socket, or that
-        // another thread closes meanwhile, just fails to match.
-        if getsockname::<SockaddrStorage>(fd)
-            .ok()
-            .and_then(|a| to_std(&a))
-            != Some(client)
-        {
-            continue;
-        }
-        // The same addresses on a UDP socket would be another socket.
-        if getpeername::<SockaddrStorage>(fd)
+fn open_fd_dir() -> io::Result<Dir> {
+    Ok(Dir::open(
+        "/proc/self/fd",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// True when descriptor `fd` of this process is the TCP socket whose local
+/// address is `client` and whose remote address is `relay`.
+fn fd_is_client(fd: RawFd, client: SocketAddr, relay: SocketAddr) -> bool {
+    // Read-only queries: a descriptor that is not a socket, or that
+    // another thread closes meanwhile, just fails to match.
+    getsockname::<SockaddrStorage>(fd)
+        .ok()
+        .and_then(|a| to_std(&a))
+        == Some(client)
+        && getpeername::<SockaddrStorage>(fd)
             .ok()
             .and_then(|a| to_std(&a))
             == Some(relay)
-            && socket_kind::is_tcp_stream(fd)
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+        // The same addresses on a UDP socket would be another socket.
+        && socket_kind::is_tcp_stream(fd)
 }
 
 /// A socket address as the relay's (IPv4) listener sees it: an AF_INET6
@@ -170,67 +201,82 @@ mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
 
-    #[test]
-    fn own_socket_is_found() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server_side, peer) = listener.accept().unwrap();
-        assert_eq!(peer, client.local_addr().unwrap());
-        assert!(client_is_this_process(peer, server_side.local_addr().unwrap()).unwrap());
-        // A made-up peer is nobody's.
-        let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert!(!client_is_this_process(nobody, server_side.local_addr().unwrap()).unwrap());
+    fn client_is_this_process(client: SocketAddr, relay: SocketAddr) -> io::Result<bool> {
+        OwnFds::open().any_is_client(client, relay)
     }
 
-    /// A client socket of family AF_INET6 reaching the IPv4 listener
-    /// through `::ffff:127.0.0.1` (what a client resolving "localhost" on a
-    /// dual-stack socket does) is still this process's.
-    #[test]
-    fn own_v4_mapped_ipv6_socket_is_found() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let client = TcpStream::connect(format!("[::ffff:127.0.0.1]:{port}")).unwrap();
-        assert!(client.local_addr().unwrap().is_ipv6());
-        let (server_side, peer) = listener.accept().unwrap();
-        assert!(peer.is_ipv4());
-        let relay = server_side.local_addr().unwrap();
-        assert!(client_is_this_process(peer, relay).unwrap());
-        assert_eq!(
-            PeerCheck::new().holder(peer, relay).unwrap(),
-            Holder::ThisProcess
-        );
+    /// The inode of the socket behind descriptor `fd` of this process.
+    fn inode_of(fd: &impl std::os::fd::AsRawFd) -> u32 {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        let link = link.to_str().unwrap();
+        link.strip_prefix("socket:[")
+            .and_then(|l| l.strip_suffix(']'))
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
-    /// A UDP socket of this process with the same two addresses is not the
-    /// client: only a TCP stream socket is.
+    /// Socket inodes wrap (a 32-bit counter): a client of another process
+    /// whose socket has the number of this process's listener is not
+    /// this process's, though an inode alone would say it is.
     #[test]
-    fn a_udp_socket_with_the_same_addresses_is_not_the_client() {
+    fn an_inode_this_process_holds_is_not_enough() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let relay = listener.local_addr().unwrap();
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        udp.connect(relay).unwrap();
-        assert!(!client_is_this_process(udp.local_addr().unwrap(), relay).unwrap());
+        let (child, _server_side, peer) = client_in_another_process(&listener, "pass");
+        let mut fds = OwnFds::open();
+        assert!(!fds.holds(inode_of(&listener), peer, relay).unwrap());
+        end(child);
+        // And the client's own inode with its own addresses still is.
+        let client = TcpStream::connect(relay).unwrap();
+        let (_server_side, peer) = listener.accept().unwrap();
+        assert!(fds.holds(inode_of(&client), peer, relay).unwrap());
     }
 
-    /// Both ways of asking agree on a socket of this process, on one that
-    /// is gone and on a made-up one.
+    /// A client socket that nobody holds any more (here: time-wait) is
+    /// reported by the kernel as uid 0: gone, not a socket of root, for a
+    /// relay of any uid.
     #[test]
-    fn holder_with_and_without_sock_diag() {
+    fn a_closed_client_is_gone_for_a_relay_of_any_uid() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay = listener.local_addr().unwrap();
+        let client = TcpStream::connect(relay).unwrap();
+        let (server_side, peer) = listener.accept().unwrap();
+        // The client closes first, so its end goes to time-wait.
+        drop(client);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(server_side);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut as_nobody = PeerCheck {
+            uid: 65534,
+            ..PeerCheck::new()
+        };
+        assert!(as_nobody.diag.is_some(), "sock_diag is not available");
+        assert_eq!(as_nobody.holder(peer, relay).unwrap(), Holder::Gone);
+    }
+
+    /// The check needs no descriptor of its own: with the process at
+    /// RLIMIT_NOFILE (a flood's sockets can take the rest) the app's own
+    /// client is still found. Runs alone in a process of its own (see
+    /// `the_check_needs_no_free_descriptor`), as it fills the table.
+    #[test]
+    #[ignore = "run in a process of its own by the_check_needs_no_free_descriptor"]
+    fn check_with_no_free_descriptor() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let relay = listener.local_addr().unwrap();
         let client = TcpStream::connect(relay).unwrap();
         let (_server_side, peer) = listener.accept().unwrap();
         let mut with = PeerCheck::new();
-        assert!(with.diag.is_some(), "sock_diag is not available");
         let mut without = PeerCheck::without_sock_diag();
+        let _filler = crate::relay::test_support::fill_descriptor_table(&client, 16);
+        assert!(TcpStream::connect(relay).is_err(), "the table is not full");
         assert_eq!(with.holder(peer, relay).unwrap(), Holder::ThisProcess);
         assert_eq!(without.holder(peer, relay).unwrap(), Holder::ThisProcess);
-        drop(client);
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert_eq!(with.holder(peer, relay).unwrap(), Holder::Gone);
-        let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(with.holder(nobody, relay).unwrap(), Holder::Gone);
-        assert_eq!(without.holder(nobody, relay).unwrap(), Holder::OtherProcess);
+    }
+
+    #[test]
+    fn the_check_needs_no_free_descriptor() {
+        crate::relay::test_support::run_alone("relay::peer::tests::check_with_no_free_descriptor");
     }
 
     /// A client in a child process (Debian's python3, whose modules user

@@ -5,8 +5,8 @@
 
 use crate::os::listener::{Accepted, ReadyListener};
 use crate::relay::driver::{self, ConnectionContext};
+use crate::relay::log_limit::{AcceptorLogs, Limited};
 use crate::relay::panic_guard::CatchPanic;
-use crate::relay::refusals::RefusalLog;
 use crate::relay::session::close_plan;
 use crate::relay::session::events::{Event, Refusal};
 use crate::relay::thread_timer::{Alarms, ThreadTimer};
@@ -300,14 +300,14 @@ impl Acceptor {
             }
         };
         let mut check = peer::PeerCheck::new();
-        let mut refusals = RefusalLog::default();
+        let mut logs = AcceptorLogs::default();
         let batch_max = accept_batch_max();
         let mut batch = Vec::with_capacity(batch_max);
         let mut to_reset = Vec::with_capacity(batch_max);
         loop {
-            // The count of refusals not logged yet, when their interval
-            // ends; no timer at all while none is counted.
-            let due = refusals.due();
+            // The count of what was not logged yet, when its interval
+            // ends; no timer at all while nothing is counted.
+            let due = logs.due();
             let summary = async {
                 match due {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -318,9 +318,7 @@ impl Acceptor {
                 r = self.accept_batch(&mut batch, batch_max) => r,
                 _ = shutdown.wait_for(|v| v.is_some()) => return,
                 _ = summary => {
-                    if let Some(summary) = refusals.flush(std::time::Instant::now()) {
-                        self.log.record(self.index, &Event::RefusalsCounted { summary });
-                    }
+                    self.log_summaries(&mut logs);
                     continue;
                 }
             };
@@ -341,26 +339,21 @@ impl Acceptor {
                         turns.yield_now().await;
                     }
                     Verdict::Gone => {
-                        self.log
-                            .record(self.index, &Event::ClosedBeforeAccepted { peer });
                         to_reset.push(stream);
+                        let event = Event::ClosedBeforeAccepted {
+                            peer,
+                            logged: false,
+                        };
+                        self.record_limited(&mut logs, Limited::EarlyCloses, event);
                     }
                     Verdict::Refuse(reason) => {
                         self.refuse(stream, &reason, &mut to_reset);
-                        let text = format!("refused {peer}: {reason}");
-                        let said = refusals.refused(std::time::Instant::now(), text);
-                        if let Some(summary) = said.summary {
-                            self.log
-                                .record(self.index, &Event::RefusalsCounted { summary });
-                        }
-                        self.log.record(
-                            self.index,
-                            &Event::Refused {
-                                peer,
-                                reason,
-                                logged: said.log_this,
-                            },
-                        );
+                        let event = Event::Refused {
+                            peer,
+                            reason,
+                            logged: false,
+                        };
+                        self.record_limited(&mut logs, Limited::Refusals, event);
                     }
                 }
                 turns.step().await;
@@ -377,12 +370,41 @@ impl Acceptor {
                 AcceptEnd::Drained => {}
                 AcceptEnd::ShutDown => return,
                 AcceptEnd::Failed(error) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    self.log
-                        .record(self.index, &Event::AcceptFailed { local, error });
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Typically EMFILE: back off instead of spinning (the
+                    // client stays queued, the listener stays ready).
+                    let event = Event::AcceptFailed {
+                        local,
+                        error,
+                        logged: false,
+                    };
+                    self.record_limited(&mut logs, Limited::AcceptFailures, event);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = shutdown.wait_for(|v| v.is_some()) => return,
+                    }
                 }
             }
+        }
+    }
+
+    /// Record an event a flood can repeat (`event` as not logged): every
+    /// one is recorded (the status counters count refusals), the first of
+    /// a quiet spell is logged, the rest are counted (log_limit.rs).
+    fn record_limited(&self, logs: &mut AcceptorLogs, kind: Limited, mut event: Event) {
+        let said = logs
+            .limit(kind)
+            .record(std::time::Instant::now(), event.to_string());
+        if let Some(summary) = said.summary {
+            self.log
+                .record(self.index, &Event::Counted { of: kind, summary });
+        }
+        event.set_logged(said.log_this);
+        self.log.record(self.index, &event);
+    }
+
+    fn log_summaries(&self, logs: &mut AcceptorLogs) {
+        for (of, summary) in logs.flush(std::time::Instant::now()) {
+            self.log.record(self.index, &Event::Counted { of, summary });
         }
     }
 
@@ -424,8 +446,14 @@ impl Acceptor {
             Ok(s) => s,
             Err(error) => {
                 let error = error.to_string();
-                self.log
-                    .record(self.index, &Event::AcceptFailed { local, error });
+                self.log.record(
+                    self.index,
+                    &Event::AcceptFailed {
+                        local,
+                        error,
+                        logged: true,
+                    },
+                );
                 return;
             }
         };
@@ -625,6 +653,74 @@ print(resets)
             !collect.events().iter().any(|(l, _)| *l <= Level::Warn),
             "{:?}",
             collect.events()
+        );
+    }
+
+    /// A flood of clients that connect and close before the relay gets to
+    /// them (a connect-and-reset flood, from any user) costs one log line,
+    /// not one per client; the count follows when the interval ends.
+    #[test]
+    fn early_closes_are_logged_once_per_interval() {
+        let listener = listener_to_nowhere();
+        let addr = listener.listener.local_addr().unwrap();
+        for _ in 0..50 {
+            drop(std::net::TcpStream::connect(addr).unwrap());
+        }
+        let relay = Running::start(listener);
+        let collect = Arc::clone(&relay.log);
+        collect.wait_for(
+            "closed its connection before it was accepted",
+            Duration::from_secs(5),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        relay.stop();
+        let lines = collect.messages();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+    }
+
+    /// With no descriptor left (RLIMIT_NOFILE), accept fails while a
+    /// client waits: the relay backs off (no spinning) and logs it once,
+    /// not every 100 ms; the client is taken once descriptors are free.
+    #[test]
+    #[ignore = "run in a process of its own by accept_failures_are_logged_once"]
+    fn accept_failures_with_no_free_descriptor() {
+        let listener = listener_to_nowhere();
+        let addr = listener.listener.local_addr().unwrap();
+        let relay = Running::start(listener);
+        let collect = Arc::clone(&relay.log);
+        // The relay has opened what it keeps open (its peer check's).
+        std::thread::sleep(Duration::from_millis(200));
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let some_socket = std::net::TcpStream::connect(elsewhere.local_addr().unwrap()).unwrap();
+        let mut filler = crate::relay::test_support::fill_descriptor_table(&some_socket, 0);
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "the table is not full"
+        );
+        // One descriptor for a client; the relay has none to accept it.
+        filler.pop();
+        let queued = std::net::TcpStream::connect(addr).unwrap();
+        let (level, _) = collect.wait_for("Too many open files", Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(1000));
+        assert_eq!(level, Level::Error);
+        let failures = collect
+            .messages()
+            .into_iter()
+            .filter(|m| m.contains("Too many open files"))
+            .count();
+        assert_eq!(failures, 1, "{:?}", collect.messages());
+        drop(filler);
+        let mut queued = queued;
+        std::io::Write::write_all(&mut queued, b"AMQP\x00\x00\x09\x01").unwrap();
+        let client = queued.local_addr().unwrap().to_string();
+        collect.wait_for(&client, Duration::from_secs(5));
+        relay.stop();
+    }
+
+    #[test]
+    fn accept_failures_are_logged_once() {
+        crate::relay::test_support::run_alone(
+            "relay::server::tests::accept_failures_with_no_free_descriptor",
         );
     }
 }

@@ -55,3 +55,34 @@ pub fn listener_to_nowhere() -> RelayListener {
         .unwrap();
     RelayListener::bind_loopback(Arc::new(config.relay_settings().unwrap())).unwrap()
 }
+
+/// Run the `#[ignore]`d unit test `name` (its full path) alone in a
+/// process of its own, for a test that changes what the whole process has
+/// (its descriptor limit); fails when it does.
+pub fn run_alone(name: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--ignored", "--test-threads=1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Lower this process's RLIMIT_NOFILE to what is open now plus `spare`,
+/// then take descriptors (duplicates of `fd`) until none is left: what a
+/// flood does to a child near its limit. Returns the duplicates.
+pub fn fill_descriptor_table(fd: &std::net::TcpStream, spare: u64) -> Vec<std::net::TcpStream> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, open + spare, hard).unwrap();
+    let mut filler = Vec::new();
+    while let Ok(dup) = fd.try_clone() {
+        filler.push(dup);
+    }
+    filler
+}

@@ -4,6 +4,7 @@
 //! counters look at the fields; operators read the text.
 
 use crate::relay::Level;
+use crate::relay::log_limit::Limited;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -142,23 +143,29 @@ pub enum Event {
     },
     /// Every refusal is recorded (the status counters count them all);
     /// only `logged` ones are written to the error log, the others are
-    /// summed up by `RefusalsCounted` (rate limit, relay::refusals).
+    /// summed up by `Counted` (rate limit, relay::log_limit).
     Refused {
         peer: SocketAddr,
         reason: Refusal,
         logged: bool,
     },
-    /// Refusals of the last interval that were not logged one by one.
-    RefusalsCounted {
+    /// Events of one kind in the last interval that were not logged one
+    /// by one.
+    Counted {
+        of: Limited,
         summary: String,
     },
-    /// A client closed its connection before it could be checked.
+    /// A client closed its connection before it could be checked; only
+    /// `logged` ones are written (rate limit).
     ClosedBeforeAccepted {
         peer: SocketAddr,
+        logged: bool,
     },
+    /// Only `logged` ones are written (rate limit).
     AcceptFailed {
         local: SocketAddr,
         error: String,
+        logged: bool,
     },
     ListenerUnusable {
         error: String,
@@ -180,10 +187,25 @@ pub enum Event {
 }
 
 impl Event {
-    /// Whether the event goes to the error log (a rate-limited refusal is
+    /// Whether the event goes to the error log (a rate-limited one is
     /// only counted).
     pub fn is_logged(&self) -> bool {
-        !matches!(self, Event::Refused { logged: false, .. })
+        !matches!(
+            self,
+            Event::Refused { logged: false, .. }
+                | Event::ClosedBeforeAccepted { logged: false, .. }
+                | Event::AcceptFailed { logged: false, .. }
+        )
+    }
+
+    /// Whether a rate-limited event is written (the others always are).
+    pub fn set_logged(&mut self, to: bool) {
+        if let Event::Refused { logged, .. }
+        | Event::ClosedBeforeAccepted { logged, .. }
+        | Event::AcceptFailed { logged, .. } = self
+        {
+            *logged = to;
+        }
     }
 
     pub fn level(&self) -> Level {
@@ -193,14 +215,25 @@ impl Event {
             Event::WrongProtocolHeader { .. }
             | Event::NoProtocolHeader { .. }
             | Event::Refused { .. }
-            | Event::RefusalsCounted { .. } => Level::Warn,
-            Event::ClosedBeforeAccepted { .. } => Level::Info,
+            | Event::Counted {
+                of: Limited::Refusals,
+                ..
+            } => Level::Warn,
+            Event::ClosedBeforeAccepted { .. }
+            | Event::Counted {
+                of: Limited::EarlyCloses,
+                ..
+            } => Level::Info,
             Event::SentClose { kind, .. } => match kind {
                 EndKind::BrokerLost | EndKind::ClientBadFrame => Level::Warn,
                 _ => Level::Error,
             },
             Event::DialFailed { .. }
             | Event::AcceptFailed { .. }
+            | Event::Counted {
+                of: Limited::AcceptFailures,
+                ..
+            }
             | Event::ListenerUnusable { .. }
             | Event::TlsUnavailable { .. }
             | Event::ConnectionPanicked { .. }
@@ -281,14 +314,16 @@ impl fmt::Display for Event {
                 after.as_secs_f64()
             ),
             Event::Refused { peer, reason, .. } => write!(f, "refused {peer}: {reason}"),
-            Event::RefusalsCounted { summary } => f.write_str(summary),
-            Event::ClosedBeforeAccepted { peer } => {
+            Event::Counted { summary, .. } => f.write_str(summary),
+            Event::ClosedBeforeAccepted { peer, .. } => {
                 write!(
                     f,
                     "client {peer} closed its connection before it was accepted"
                 )
             }
-            Event::AcceptFailed { local, error } => write!(f, "accept on {local} failed: {error}"),
+            Event::AcceptFailed { local, error, .. } => {
+                write!(f, "accept on {local} failed: {error}")
+            }
             Event::ListenerUnusable { error } => write!(f, "listener has no address: {error}"),
             Event::TlsUnavailable { error } => {
                 write!(f, "{error}; amqps:// brokers of this listener will fail")
