@@ -26,8 +26,12 @@ pub const REPLY_SUCCESS: u16 = 200;
 pub const CONNECTION_FORCED: u16 = 320;
 pub const FRAME_ERROR: u16 = 501;
 pub const SYNTAX_ERROR: u16 = 502;
+pub const NOT_ALLOWED: u16 = 530;
 pub const UNEXPECTED_FRAME: u16 = 505;
 pub const INTERNAL_ERROR: u16 = 541;
+/// AMQP 0-9-1's frame-min-size: no frame_max may be smaller (0 is "no
+/// limit").
+pub const FRAME_MIN_SIZE: u32 = 4096;
 
 /// What is wrong with a frame, and the reply code a broker would send.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 
 use crate::os::listener::{Accepted, ReadyListener};
 use crate::relay::driver::{self, ConnectionContext};
+use crate::relay::frame::NOT_ALLOWED;
 use crate::relay::log_limit::{AcceptorLogs, Limited};
 use crate::relay::panic_guard::CatchPanic;
 use crate::relay::session::close_plan;
@@ -149,9 +150,6 @@ struct Acceptor {
     tracker: TaskTracker,
     alarms: Alarms,
 }
-
-/// AMQP 0-9-1's reply code for a configured limit reached.
-const NOT_ALLOWED: u16 = 530;
 
 /// Decrements a count (the listener's connections, its gentle refusals)
 /// when what it counts ends, however it ends.

@@ -22,6 +22,7 @@ pub const END_KIND_NAMES: [&str; END_KINDS] = [
     "shutdown",
     "timer_failed",
     "internal_error",
+    "handshake_timed_out",
 ];
 
 /// Names of [`Refusal`], in the order of `Counters::refusals`.
@@ -44,6 +45,7 @@ pub fn end_kind_index(kind: EndKind) -> usize {
         EndKind::Shutdown => 7,
         EndKind::TimerFailed => 8,
         EndKind::Internal => 9,
+        EndKind::HandshakeTimedOut => 10,
     }
 }
 

@@ -29,7 +29,7 @@ pub const BUSY: u64 = u64::MAX;
 /// Close codes the relay sends, counted each; anything else is "other".
 pub const CLOSE_CODES: [u16; 6] = [200, 320, 501, 502, 505, 541];
 /// Number of [`crate::relay::session::events::EndKind`] variants.
-pub const END_KINDS: usize = 10;
+pub const END_KINDS: usize = 11;
 /// Number of [`crate::relay::session::events::Refusal`] variants.
 pub const REFUSALS: usize = 4;
 

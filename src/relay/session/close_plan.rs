@@ -35,6 +35,11 @@ pub enum Ending {
         code: u16,
         text: String,
     },
+    /// The AMQP handshake did not complete within `limit` (rule R12).
+    HandshakeTimedOut {
+        limit: Duration,
+        waiting_for: Side,
+    },
     /// The httpd child is exiting; the grace period to close upstream.
     Shutdown(Duration),
     /// The heartbeat timer's timerfd failed (it cannot, short of a kernel
@@ -226,6 +231,15 @@ pub fn plan(ending: Ending, facts: Facts, now: Instant) -> ClosePlan {
             // A silent broker will not answer a Close; just drop it.
             relay_tells_client(EndKind::BrokerSilent, why, to_client, normal)
         }
+        Ending::HandshakeTimedOut { limit, waiting_for } => {
+            let why = format!(
+                "AMQP handshake not complete after {} s (waiting for the {waiting_for})",
+                limit.as_secs()
+            );
+            // Before TuneOk the broker is owed no Close; it sees the TCP
+            // connection end, as when a client gives up.
+            relay_tells_client(EndKind::HandshakeTimedOut, why, to_client, normal)
+        }
         Ending::ClientSentBadFrame { code, text } => ClosePlan {
             kind: EndKind::ClientBadFrame,
             // What the broker sent is dropped: after a protocol error the
@@ -292,8 +306,9 @@ pub fn plan(ending: Ending, facts: Facts, now: Instant) -> ClosePlan {
     }
 }
 
-/// The broker is gone or dead: the client gets what was queued, then
-/// Connection.Close 320 with the reason, so it reconnects at once.
+/// The broker is gone or dead (or the handshake stalled): the client gets
+/// what was queued, then Connection.Close 320 with the reason, so it
+/// reconnects at once.
 fn relay_tells_client(
     kind: EndKind,
     why: String,

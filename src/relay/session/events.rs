@@ -56,6 +56,8 @@ pub enum EndKind {
     TimerFailed,
     /// The relay's own code panicked while serving the connection.
     Internal,
+    /// The AMQP handshake did not complete in time.
+    HandshakeTimedOut,
 }
 
 /// Why a listener refused a client.

@@ -8,7 +8,9 @@
 //!
 //! [`Direction::next_frame`]: crate::relay::io_buffers::Direction::next_frame
 
-use crate::relay::frame::{CONNECTION_FORCED, FRAME_METHOD, SYNTAX_ERROR, UNEXPECTED_FRAME};
+use crate::relay::frame::{
+    CONNECTION_FORCED, FRAME_METHOD, FRAME_MIN_SIZE, NOT_ALLOWED, SYNTAX_ERROR, UNEXPECTED_FRAME,
+};
 use crate::relay::login::{self, LoginError};
 use crate::relay::methods::{self, ConnectionMethod};
 use crate::relay::session::close_plan::Ending;
@@ -58,6 +60,9 @@ impl Session {
             self.inbound(side).pass(info.len);
             passed_frames = true;
         }
+        if passed_frames && !self.phase.is_tuned() {
+            self.handshake_awaits = side.other();
+        }
         self.note_busy(passed_frames, now);
         self.inbound(side).release_scanned();
         Ok(())
@@ -81,9 +86,23 @@ impl Session {
                         text: "relay: malformed Connection.TuneOk".to_string(),
                     });
                 };
+                if let Some(text) = below_frame_min("TuneOk", fields.frame_max) {
+                    return Err(Ending::ClientSentBadFrame {
+                        code: NOT_ALLOWED,
+                        text,
+                    });
+                }
                 let relay_secs =
                     u16::try_from(self.liveness.interval().as_secs()).unwrap_or(u16::MAX);
                 methods::set_tune_heartbeat(payload, relay_secs);
+                // The broker sends frames up to what the client accepts
+                // here: a client that ignored the relay's capped Tune (0,
+                // "no limit", or more than the cap) would get the broker's
+                // large frames refused by the relay (Close 501).
+                let cap = UNLIMITED_FRAME_MAX as u32;
+                if fields.frame_max == 0 || fields.frame_max > cap {
+                    methods::set_tune_frame_max(payload, cap);
+                }
                 let frame_max = match fields.frame_max {
                     0 => UNLIMITED_FRAME_MAX,
                     n => (n as usize).min(UNLIMITED_FRAME_MAX),
@@ -146,6 +165,12 @@ impl Session {
                         text: "relay: malformed Connection.Tune".to_string(),
                     });
                 };
+                if let Some(text) = below_frame_min("Tune", fields.frame_max) {
+                    return Err(Ending::BrokerSentBadFrame {
+                        code: SYNTAX_ERROR,
+                        text,
+                    });
+                }
                 methods::set_tune_heartbeat(payload, 0);
                 // The client may not propose more than the relay accepts
                 // (0 is "no limit"), or its large frames would get Close
@@ -170,4 +195,12 @@ impl Session {
             self.liveness.on_busy(now);
         }
     }
+}
+
+/// The error text for a frame_max (of `method`) below AMQP's minimum; 0 is
+/// "no limit".
+fn below_frame_min(method: &str, frame_max: u32) -> Option<String> {
+    (1..FRAME_MIN_SIZE).contains(&frame_max).then(|| {
+        format!("relay: Connection.{method} frame_max {frame_max} is below AMQP's minimum of {FRAME_MIN_SIZE}")
+    })
 }

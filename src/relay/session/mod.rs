@@ -54,6 +54,15 @@ use std::time::{Duration, Instant};
 pub const HANDSHAKE_FRAME_MAX: usize = 131_072;
 /// Largest frame_max the relay accepts when a peer asks for "no limit" (0).
 pub const UNLIMITED_FRAME_MAX: usize = 1 << 20;
+/// How long the AMQP handshake may take, from the broker's
+/// Connection.Start to the client's TuneOk (rule R12). A live broker ends
+/// a slow handshake itself first (RabbitMQ's `handshake_timeout`, 10 s by
+/// default, counts from the TCP accept); this bound is for a broker that
+/// hung in the middle of it, and for a client that never finishes it,
+/// either of which would otherwise hold the connection (and one of
+/// `AMQPHeartbeatMaxConnections`) for good. Generous, so that a broker
+/// whose `handshake_timeout` was raised still decides first.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Smallest per-direction buffer bound (rule R8).
 pub const MIN_BUFFER: usize = 256 * 1024;
 
@@ -147,6 +156,9 @@ pub struct Session {
     offered_mechanisms: Option<String>,
     heartbeats_to_broker: u64,
     last_broker_read: Option<Instant>,
+    /// The side whose handshake frame is awaited (the one that did not
+    /// send the last): who is blamed if [`HANDSHAKE_TIMEOUT`] passes.
+    handshake_awaits: Side,
 }
 
 impl Session {
@@ -178,6 +190,8 @@ impl Session {
             offered_mechanisms: None,
             heartbeats_to_broker: 0,
             last_broker_read: None,
+            // The broker's Start is in: the client's StartOk is next.
+            handshake_awaits: Side::Client,
         }
     }
 
@@ -273,6 +287,12 @@ impl Session {
     /// read into `inbound(Broker)` and report it with
     /// [`Self::after_hidden_read`], using the same `now`.
     pub fn judge_broker(&mut self, now: Instant) -> Result<bool, Ending> {
+        if !self.phase.is_tuned() && now >= self.started + HANDSHAKE_TIMEOUT {
+            return Err(Ending::HandshakeTimedOut {
+                limit: HANDSHAKE_TIMEOUT,
+                waiting_for: self.handshake_awaits,
+            });
+        }
         let paused = self.from_broker.held() >= self.buffer_limit();
         match self.liveness.judge(now, paused) {
             Judgement::NeedsHiddenRead => Ok(true),
@@ -334,10 +354,15 @@ impl Session {
         let nothing_pending = self.from_client.held() == 0 && self.from_broker.held() == 0;
         match self.liveness.quiet_change(nothing_pending, now) {
             Some(raised) => Action::SetQuietMark { raised },
-            None => Action::ArmTimer(self.liveness.next_deadline(
-                self.from_client.out_is_empty(),
-                self.from_broker.out_is_empty(),
-            )),
+            None => {
+                let heartbeats = self.liveness.next_deadline(
+                    self.from_client.out_is_empty(),
+                    self.from_broker.out_is_empty(),
+                );
+                let handshake =
+                    (!self.phase.is_tuned()).then_some(self.started + HANDSHAKE_TIMEOUT);
+                Action::ArmTimer(heartbeats.into_iter().chain(handshake).min())
+            }
         }
     }
 

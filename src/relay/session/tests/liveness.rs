@@ -8,12 +8,13 @@ use super::*;
 #[test]
 fn r4_own_timer_sends_after_five_eighths_of_the_interval() {
     let mut sim = Sim::new(true);
-    sim.round(100.0, false, None).unwrap();
+    sim.round(50.0, false, None).unwrap();
     assert!(
-        sim.take(Side::Broker, 100.0).is_empty(),
+        sim.take(Side::Broker, 50.0).is_empty(),
         "nothing before TuneOk"
     );
-    assert_eq!(sim.sleep(100.0), None);
+    // Only the handshake's own bound (R12) is armed.
+    assert_eq!(sim.sleep(50.0), Some(sim.t0 + HANDSHAKE_TIMEOUT));
 
     let mut sim = Sim::tuned(true, 0);
     assert_eq!(sim.sleep(0.0), Some(sim.at(5.0)));
@@ -89,7 +90,10 @@ fn r6_no_quiet_mark_with_bytes_pending_before_tune_or_under_tls() {
         Action::ArmTimer(_)
     ));
     let sim = Sim::new(true);
-    assert_eq!(sim.s.before_sleep(sim.at(60.0)), Action::ArmTimer(None));
+    assert_eq!(
+        sim.s.before_sleep(sim.at(30.0)),
+        Action::ArmTimer(Some(sim.t0 + HANDSHAKE_TIMEOUT))
+    );
     let sim = Sim::tuned(false, 0);
     assert!(matches!(
         sim.s.before_sleep(sim.at(60.0)),
@@ -260,4 +264,58 @@ fn r17_a_drain_counts_hidden_bytes_as_received_at_the_drain() {
     let mut sim = Sim::tuned(false, 0);
     sim.sleep(4.0);
     assert!(!sim.s.drain_wanted(), "no mark, nothing hidden");
+}
+
+// R12: the handshake is bounded: HANDSHAKE_TIMEOUT from the broker's
+// Start to the client's TuneOk, whichever side stalls; the timer is armed
+// for it, the client is told why (Close 320), the broker, owed no Close
+// before TuneOk, sees the TCP connection end.
+#[test]
+fn r12_a_stalled_handshake_ends_at_its_timeout() {
+    let limit = HANDSHAKE_TIMEOUT.as_secs_f64();
+    let start_ok = frame(FRAME_METHOD, 0, &[0, 10, 0, 11]);
+    let tune_frame = tune(30, 131_072, 60);
+    // A broker that stops in the middle of its Tune; a client that never
+    // answers Start.
+    for (waiting_for, script) in [
+        (
+            Side::Broker,
+            vec![
+                (Side::Client, start_ok.clone()),
+                (Side::Broker, tune_frame[..10].to_vec()),
+            ],
+        ),
+        (Side::Client, vec![]),
+    ] {
+        let mut sim = Sim::new(true);
+        sim.feed(Side::Broker, &connection_start(), 0.0).unwrap();
+        for (side, bytes) in script {
+            sim.feed(side, &bytes, 1.0).unwrap();
+        }
+        assert_eq!(sim.sleep(1.0), Some(sim.at(limit)));
+        sim.round(limit - 0.1, false, None).unwrap();
+        let ending = sim.round(limit, false, None).unwrap_err();
+        assert!(
+            matches!(ending, Ending::HandshakeTimedOut { waiting_for: w, .. } if w == waiting_for),
+            "{ending:?}"
+        );
+        let plan = sim.close(ending);
+        assert_eq!(plan.kind, EndKind::HandshakeTimedOut);
+        let close = plan.client.close_frame().expect("a Close for the client");
+        assert_eq!(
+            close_of(close),
+            (
+                CONNECTION_FORCED,
+                format!(
+                    "relay: AMQP handshake not complete after 60 s (waiting for the {waiting_for})"
+                )
+            )
+        );
+        assert!(matches!(plan.broker, SideClose::Drop));
+    }
+    // Once tuned, only the heartbeat rules judge the broker.
+    let mut sim = Sim::tuned(true, 0);
+    sim.feed(Side::Broker, &HEARTBEAT_FRAME, limit - 1.0)
+        .unwrap();
+    sim.round(limit + 1.0, false, None).unwrap();
 }

@@ -156,11 +156,51 @@ fn r1_tune_ok_heartbeat_is_replaced_by_the_relay_interval() {
         tune(31, 65_536, INTERVAL as u16)
     );
     assert_eq!(sim.s.phase(), Phase::Tuned { frame_max: 65_536 });
-    // frame_max 0 ("no limit") is capped.
+}
+
+/// A frame_max proposed, and what it becomes through the relay.
+fn frame_max_caps() -> [(u32, u32); 5] {
+    let cap = UNLIMITED_FRAME_MAX as u32;
+    [
+        (0, cap),
+        (cap + 1, cap),
+        (u32::MAX, cap),
+        (cap, cap),
+        (4096, 4096),
+    ]
+}
+
+// R1: the broker sends frames up to the TuneOk's frame_max: one the relay
+// would refuse (0, "no limit", or over the cap, from a client that ignored
+// the capped Tune) goes up capped; one below AMQP's minimum is refused.
+#[test]
+fn r1_tune_ok_frame_max_is_capped_at_the_relays() {
+    for (client, broker) in frame_max_caps() {
+        let mut sim = Sim::new(true);
+        sim.feed(Side::Client, &tune(31, client, 30), 0.0).unwrap();
+        assert_eq!(
+            sim.take(Side::Broker, 0.0),
+            tune(31, broker, INTERVAL as u16),
+            "client frame_max {client}"
+        );
+        assert_eq!(sim.s.phase().frame_max(), broker as usize);
+    }
     let mut sim = Sim::new(true);
-    sim.feed(Side::Client, &tune(31, 0, 30), 0.0).unwrap();
-    assert_eq!(sim.take(Side::Broker, 0.0), tune(31, 0, INTERVAL as u16));
-    assert_eq!(sim.s.phase().frame_max(), UNLIMITED_FRAME_MAX);
+    match sim.feed(Side::Client, &tune(31, 7, 30), 0.0) {
+        Err(Ending::ClientSentBadFrame { code: 530, text }) => assert_eq!(
+            text,
+            "relay: Connection.TuneOk frame_max 7 is below AMQP's minimum of 4096"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let mut sim = Sim::new(true);
+    match sim.feed(Side::Broker, &tune(30, 4095, 60), 0.0) {
+        Err(Ending::BrokerSentBadFrame { code, text }) => {
+            assert_eq!(code, SYNTAX_ERROR);
+            assert!(text.contains("frame_max 4095 is below"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 // R2: the broker's Tune reaches the client with heartbeat 0, the rest
@@ -181,14 +221,7 @@ fn r2_tune_heartbeat_is_offered_to_the_client_as_zero() {
 // accepts; 0 ("no limit") becomes the cap, smaller values pass.
 #[test]
 fn r2_tune_frame_max_is_capped_at_the_relays() {
-    let cap = UNLIMITED_FRAME_MAX as u32;
-    for (broker, client) in [
-        (0, cap),
-        (cap + 1, cap),
-        (u32::MAX, cap),
-        (cap, cap),
-        (4096, 4096),
-    ] {
+    for (broker, client) in frame_max_caps() {
         let mut sim = Sim::new(true);
         sim.feed(Side::Broker, &tune(30, broker, 60), 0.0).unwrap();
         assert_eq!(
