@@ -145,6 +145,7 @@ impl ServerConfig {
                 for arg in args {
                     brokers.push(BrokerUrl::parse(arg).map_err(|e| format!("{name}: {e}"))?);
                 }
+                check_one_vhost(name, &brokers)?;
                 self.brokers = Some(brokers);
             }
             Directive::Interval => {
@@ -272,6 +273,32 @@ pub fn published_url(
         url.push_str(v);
     }
     url
+}
+
+/// Every broker URL of a server names the same vhost: the app is given
+/// one URL (the first's vhost, see [`published_url`]) and its
+/// Connection.Open names that vhost whichever broker answered, so a later
+/// URL's different vhost would never be used. No vhost, an empty one and
+/// `%2F` all name RabbitMQ's default vhost `/` to the app's client.
+fn check_one_vhost(name: &str, brokers: &[BrokerUrl]) -> Result<(), String> {
+    let named = |b: &BrokerUrl| b.vhost_decoded().filter(|v| !v.is_empty() && v != "/");
+    let Some((first, rest)) = brokers.split_first() else {
+        return Ok(());
+    };
+    match rest.iter().find(|b| named(b) != named(first)) {
+        None => Ok(()),
+        Some(other) => {
+            let describe = |b: &BrokerUrl| match named(b) {
+                Some(v) => format!("'{b}' names vhost '{v}'"),
+                None => format!("'{b}' names the default vhost"),
+            };
+            Err(format!(
+                "{name}: every broker URL must name the same vhost (the app opens the vhost of the one URL it is given, whichever broker answers): {}, {}",
+                describe(first),
+                describe(other)
+            ))
+        }
+    }
 }
 
 /// A server as the cross-server check sees it.
@@ -487,6 +514,33 @@ mod tests {
     }
 
     #[test]
+    fn every_broker_url_names_the_same_vhost() {
+        let mut c = ServerConfig::default();
+        c.apply(
+            Directive::Broker,
+            &["amqp://a/nova", "amqp://nova:pw@b:5673/nova"],
+        )
+        .unwrap();
+        let mut c = ServerConfig::default();
+        c.apply(
+            Directive::Broker,
+            &["amqp://a", "amqp://b/", "amqp://c/%2F"],
+        )
+        .unwrap();
+        let mut c = ServerConfig::default();
+        let err = c
+            .apply(
+                Directive::Broker,
+                &["amqp://u:Secr3t@a/nova", "amqp://u:Secr3t@b/"],
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "AMQPHeartbeatBroker: every broker URL must name the same vhost (the app opens the vhost of the one URL it is given, whichever broker answers): 'amqp://u:***@a:5672/nova' names vhost 'nova', 'amqp://u:***@b:5672/' names the default vhost"
+        );
+    }
+
+    #[test]
     fn env_is_repeatable_but_not_twice_the_same() {
         let c = cfg(&[(Directive::Env, &["A"]), (Directive::Env, &["B", "Rabbit"])]).unwrap();
         let names: Vec<_> = c
@@ -564,7 +618,7 @@ mod tests {
         }
         let c = cfg(&[(
             Directive::Broker,
-            &["amqp://nova:p@Secret@h/nova", "amqps://nova:Secret@h2/"],
+            &["amqp://nova:p@Secret@h/nova", "amqps://nova:Secret@h2/nova"],
         )])
         .unwrap();
         let shown = format!("{c:?} {:?}", c.relay_settings().unwrap());

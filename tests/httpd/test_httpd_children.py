@@ -95,7 +95,7 @@ def test_one_relay_thread_per_child_and_url_in_env(module_so, make_httpd, mpm, g
 
 def test_env_names_schemes_and_vhost_without_userinfo(module_so, make_httpd):
     body = (
-        "AMQPHeartbeatBroker amqp://nova:s%%40cret@127.0.0.1:%d/nova%%2Fprod amqp://127.0.0.1:%d/\n"
+        "AMQPHeartbeatBroker amqp://nova:s%%40cret@127.0.0.1:%d/nova%%2Fprod amqp://127.0.0.1:%d/nova%%2Fprod\n"
         "AMQPHeartbeatEnv OS_DEFAULT__TRANSPORT_URL rabbit\n"
         "AMQPHeartbeatEnv AMQP_URL\n" % (ports.free_port(), ports.free_port())
     ) + wsgi_body()

@@ -38,6 +38,7 @@ BAD = [
     ("port-70000", B + " amqp://h:70000/", [B, "port '70000' is out of range"]),
     ("port-abc", B + " amqp://h:abc/", [B, "port 'abc' is not a number"]),
     ("second-url-bad", B + " amqp://h/ amqp://h:99999/", [B, "99999"]),
+    ("vhosts-differ", B + " amqp://h/nova amqp://h2/", [B, "must name the same vhost", "'nova'"]),
     ("user-percent", B + " amqp://u:p%zz@h/", [B, "bad password"]),
     ("vhost-percent", B + " amqp://h/v%4", [B, "bad vhost 'v%4'"]),
     ("vhost-at", B + " amqp://h/a@b", [B, "an '@' after the first '/'", "%40"]),
@@ -120,6 +121,7 @@ PASSWORD_CASES = [
     ("slash-in-password", "amqp://nova:pa/ssSecret@h:5672/nova"),
     ("slash-and-at-in-password", "amqp://nova:p@ss/Secret@h:99999/"),
     ("not-a-url", "nova:Secret@h"),
+    ("vhosts-differ", "amqp://nova:topSecret@h/nova amqp://nova:topSecret@h2/"),
 ]
 
 
