@@ -148,27 +148,48 @@ async fn dial_one(
     }
 }
 
+/// Connect to the first of `addrs` that takes the connection by
+/// `deadline`. Each address gets an equal share of the time left, the last
+/// all of it: one that never answers (an AAAA record with no route, a host
+/// that drops SYNs) must not use up the whole try, as a client dialing
+/// directly moves on to the next address on its own timeout.
+async fn connect_any(
+    addrs: &[SocketAddr],
+    deadline: tokio::time::Instant,
+) -> Result<TcpStream, String> {
+    let mut last_error = String::from("no address to connect to");
+    for (tried, addr) in addrs.iter().enumerate() {
+        let now = tokio::time::Instant::now();
+        let left = u32::try_from(addrs.len() - tried).unwrap_or(u32::MAX);
+        let share = deadline.saturating_duration_since(now) / left;
+        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last_error = format!("connect to {addr}: {e}"),
+            Err(_) => {
+                last_error = format!(
+                    "connect to {addr}: no answer within {:.1}s",
+                    share.as_secs_f64()
+                )
+            }
+        }
+    }
+    Err(last_error)
+}
+
 async fn connect(
     broker: &BrokerUrl,
     tls: Option<&TlsConnector>,
     limit: std::time::Duration,
 ) -> Result<Connected, String> {
+    let deadline = tokio::time::Instant::now() + limit;
     let addrs: Vec<SocketAddr> = match broker.host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, broker.port)],
         Err(_) => resolve::resolve(&broker.host, broker.port, limit).await?,
     };
-    let mut last_error = format!("{} resolved to no address", broker.host);
-    let mut connected = None;
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(s) => {
-                connected = Some(s);
-                break;
-            }
-            Err(e) => last_error = format!("connect to {addr}: {e}"),
-        }
+    if addrs.is_empty() {
+        return Err(format!("{} resolved to no address", broker.host));
     }
-    let tcp = connected.ok_or(last_error)?;
+    let tcp = connect_any(&addrs, deadline).await?;
     // Frames are written whole; Nagle would only add latency.
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok();
@@ -192,4 +213,79 @@ async fn connect(
         local,
         plain_fd: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, socket,
+    };
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::time::Duration;
+
+    /// A listener on `ip` whose accept queue is full: the kernel drops
+    /// further SYNs, so a connect to it hangs (what an unrouted address
+    /// looks like to the dialer). Returns it, the connection filling it,
+    /// and its address.
+    fn hanging_address(ip: Ipv4Addr) -> (std::os::fd::OwnedFd, std::net::TcpStream, SocketAddr) {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::from(SocketAddrV4::new(ip, 0)),
+        )
+        .unwrap();
+        listen(&fd, Backlog::new(0).unwrap()).unwrap();
+        let addr =
+            nix::sys::socket::getsockname::<SockaddrIn>(std::os::fd::AsRawFd::as_raw_fd(&fd))
+                .unwrap();
+        let addr = SocketAddr::V4(SocketAddrV4::from(addr));
+        let filler = std::net::TcpStream::connect(addr).unwrap();
+        (fd, filler, addr)
+    }
+
+    /// A name with two addresses whose first never answers: the second is
+    /// still tried within the same connect timeout.
+    #[test]
+    fn a_first_address_that_never_answers_leaves_time_for_the_next() {
+        let (_hanging, _filler, hang) = hanging_address(Ipv4Addr::new(127, 0, 0, 3));
+        let good = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let good_addr = good.local_addr().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let connected = runtime.block_on(async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            tokio::time::timeout_at(
+                deadline + Duration::from_secs(1),
+                connect_any(&[hang, good_addr], deadline),
+            )
+            .await
+        });
+        let took = started.elapsed();
+        let stream = connected
+            .expect("the dial did not end by its deadline")
+            .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), good_addr);
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        // Alone, the hanging address fails by the deadline, saying so.
+        let err = runtime
+            .block_on(connect_any(
+                &[hang],
+                tokio::time::Instant::now() + Duration::from_millis(300),
+            ))
+            .unwrap_err();
+        assert!(err.contains("no answer within 0.3s"), "{err}");
+    }
 }
