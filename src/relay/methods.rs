@@ -1,10 +1,10 @@
 //! The connection-class methods the relay owns.
 //!
 //! Only channel-0 method frames of class 10 are looked at. Tune and TuneOk
-//! have a fixed layout, so their heartbeat field is patched in place; Close
-//! is decoded (for the log line) and built with amq-protocol, so short
-//! strings and frame layout come from a maintained codec rather than from
-//! here. Start/StartOk/Secure/Open carry credentials and are not decoded
+//! have a fixed layout, so their heartbeat and frame_max fields are patched
+//! in place; Close is built with amq-protocol, so short strings and frame
+//! layout come from a maintained codec rather than from here (the tests and
+//! the fuzzer decode it back with [`close_reason`]). Start/StartOk/Secure/Open carry credentials and are not decoded
 //! here; relay::login reads the two it needs when it logs in itself.
 
 use amq_protocol::frame::{AMQPFrame, gen_frame};
@@ -109,7 +109,8 @@ pub fn set_tune_frame_max(payload: &mut [u8], frame_max: u32) -> bool {
     true
 }
 
-/// Reply code and text of a Connection.Close payload, for the log.
+/// Reply code and text of a Connection.Close payload (tests and fuzzing
+/// check the Close frames the relay builds with it).
 pub fn close_reason(payload: &[u8]) -> Option<(u16, String)> {
     match parse_class(payload) {
         Ok((_, AMQPClass::Connection(connection::AMQPMethod::Close(close)))) => {
