@@ -17,6 +17,8 @@
 #ifndef AMQPHB_H
 #define AMQPHB_H
 
+#include <stdint.h>
+
 #include "httpd.h"
 #include "http_config.h"
 
@@ -65,9 +67,10 @@ typedef void *amqphb_module_config_fn(const server_rec *s);
 /* status 0 and an empty type leave the response's as they are. */
 typedef void amqphb_respond_fn(request_rec *r, int status, const char *content_type,
                                const char *body, size_t len);
-/* The status table the parent keeps across restarts (process pool). */
-typedef void *amqphb_table_kept_fn(const server_rec *s, size_t *slots);
-typedef int amqphb_table_keep_fn(const server_rec *s, void *base, size_t slots);
+/* The status table the parent keeps across restarts (process pool); only
+ * a table of the same `layout` (a new build may change it) is given back. */
+typedef void *amqphb_table_kept_fn(const server_rec *s, uint64_t layout, size_t *slots);
+typedef int amqphb_table_keep_fn(const server_rec *s, void *base, size_t slots, uint64_t layout);
 amqphb_log_fn amqphb_log;
 amqphb_module_config_fn amqphb_module_config;
 amqphb_respond_fn amqphb_respond;

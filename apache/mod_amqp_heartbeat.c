@@ -55,32 +55,38 @@ void amqphb_respond(request_rec *r, int status, const char *content_type,
 /* The status table outlives this module's code: httpd unloads and reloads
  * DSO modules on every restart (static variables start afresh), while the
  * table must stay the same for the parent's whole life. So the parent
- * keeps its address in the process pool, which lives as long as it. */
-#define TABLE_KEY "amqp_heartbeat:status-table"
+ * keeps its address in the process pool, which lives as long as it. A
+ * restart may load another build of the module (a package upgrade, then
+ * a reload): the record names the table's layout, and a build with
+ * another layout makes a table of its own. The key changed with the
+ * record's shape ("status-table" records had no layout). */
+#define TABLE_KEY "amqp_heartbeat:status-table-2"
 
 struct kept_table {
     void *base;
     size_t slots;
+    uint64_t layout;
 };
 
-void *amqphb_table_kept(const server_rec *s, size_t *slots)
+void *amqphb_table_kept(const server_rec *s, uint64_t layout, size_t *slots)
 {
     void *data = NULL;
     const struct kept_table *kept;
     apr_pool_userdata_get(&data, TABLE_KEY, s->process->pool);
     kept = data;
-    if (kept == NULL) {
+    if (kept == NULL || kept->layout != layout) {
         return NULL;
     }
     *slots = kept->slots;
     return kept->base;
 }
 
-int amqphb_table_keep(const server_rec *s, void *base, size_t slots)
+int amqphb_table_keep(const server_rec *s, void *base, size_t slots, uint64_t layout)
 {
     struct kept_table *kept = apr_palloc(s->process->pool, sizeof(*kept));
     kept->base = base;
     kept->slots = slots;
+    kept->layout = layout;
     /* _set copies the key: this module's string constants go away with it. */
     return apr_pool_userdata_set(kept, TABLE_KEY, apr_pool_cleanup_null,
                                  s->process->pool) == APR_SUCCESS;

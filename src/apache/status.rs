@@ -18,7 +18,7 @@ use super::bindings::{
 use super::ffi::{Server, boundary, c_str};
 use crate::relay::EventLog;
 use crate::status::counting::{CountingLog, unix_ms_now};
-use crate::status::layout::{KIND_DAEMON, KIND_HTTPD_CHILD, Owner, Slot, Table};
+use crate::status::layout::{self, KIND_DAEMON, KIND_HTTPD_CHILD, Owner, Slot, Table};
 use crate::status::{render, view};
 use std::ffi::{c_char, c_int};
 use std::sync::Arc;
@@ -64,10 +64,12 @@ pub unsafe extern "C" fn amqphb_post_config(s: *mut server_rec, hard_limit: c_in
         let mut kept_slots = 0usize;
         // SAFETY: s is the live main server (contract above); the shim
         // reads its process pool's userdata.
-        let kept = unsafe { amqphb_table_kept(s, &mut kept_slots) };
+        let kept = unsafe { amqphb_table_kept(s, layout::TABLE_LAYOUT, &mut kept_slots) };
         if !kept.is_null() && kept_slots >= wanted {
             // SAFETY: kept is a table of kept_slots slots that an earlier
-            // generation of this parent made below and never unmapped.
+            // generation of this parent made below and never unmapped,
+            // with this build's layout (the shim gives back only a table
+            // kept with the same TABLE_LAYOUT).
             *current = Some(unsafe { table_at(kept.cast(), kept_slots) });
             main.log(
                 super::bindings::APLOG_DEBUG,
@@ -87,7 +89,10 @@ pub unsafe extern "C" fn amqphb_post_config(s: *mut server_rec, hard_limit: c_in
                 );
                 // SAFETY: as above; the shim stores the address in the
                 // process pool (a bigger table later replaces it there).
-                if unsafe { amqphb_table_keep(s, ptr.as_ptr().cast(), wanted) } == 0 {
+                if unsafe {
+                    amqphb_table_keep(s, ptr.as_ptr().cast(), wanted, layout::TABLE_LAYOUT)
+                } == 0
+                {
                     main.log(
                         super::bindings::APLOG_WARNING,
                         "cannot keep the status table across restarts; a restart makes a new one",
@@ -133,7 +138,12 @@ pub(super) struct StatusSlot {
 
 impl Drop for StatusSlot {
     fn drop(&mut self) {
-        view::release(self.table, self.index, self.pid);
+        // A process forked from the relay's without exec (Python
+        // multiprocessing) inherits this value and drops it when it
+        // exits; the slot is still the running relay's.
+        if std::process::id() == self.pid {
+            view::release(self.table, self.index, self.pid);
+        }
     }
 }
 

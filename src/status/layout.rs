@@ -141,6 +141,17 @@ pub struct Connection {
 pub const KIND_HTTPD_CHILD: u32 = 1;
 pub const KIND_DAEMON: u32 = 2;
 
+/// Bump when a field of [`Owner`] or [`Slot`] changes its meaning or its
+/// place but not their sizes (a size change alone changes
+/// [`TABLE_LAYOUT`]).
+const LAYOUT_REVISION: u64 = 1;
+
+/// The layout a status table kept across a restart must have to be used
+/// again: a reload may load another build of the module (a package
+/// upgrade), whose slots would overlap the old ones (src/apache/status.rs).
+pub const TABLE_LAYOUT: u64 =
+    LAYOUT_REVISION << 48 | (size_of::<Owner>() as u64) << 32 | size_of::<Slot>() as u64;
+
 /// Who owns a slot. Owners are kept apart from the slots, in one array:
 /// finding a slot to claim, or the live ones to render, touches one page
 /// per 256 slots instead of a page of every slot.

@@ -2,6 +2,7 @@
 thread or process is left, the parent never gets a thread, and the error log
 shows each child's relay thread stopping cleanly."""
 
+import json
 import re
 import signal
 import time
@@ -93,12 +94,22 @@ def test_forked_worker_does_not_stop_the_relay(module_so, make_httpd):
     only from the main interpreter, hence %{GLOBAL}) inherits the
     child pool's cleanup: SIGTERM (httpd's handler in the worker) runs it.
     The worker has no relay thread: it must not wait for one, nor log that
-    the relay did not stop; the child's own relay keeps serving."""
-    body = "AMQPHeartbeatBroker amqp://127.0.0.1:%d/\n" % ports.free_port() + wsgi_body(app="fork.wsgi", group="%{GLOBAL}")
+    the relay did not stop, nor give back the child's status slot; the
+    child's own relay keeps serving and stays on the status page."""
+    body = ("AMQPHeartbeatBroker amqp://127.0.0.1:%d/\n" % ports.free_port()
+            + wsgi_body(app="fork.wsgi", group="%{GLOBAL}")
+            + "<Location /relay-status>\n    SetHandler amqp-heartbeat-status\n</Location>\n")
     h = make_httpd(body, wsgi=True, servers=1).start()
+
+    def listed():
+        code, text = h.get("/relay-status?json")
+        assert code == 200, (code, text[:300])
+        return [(p["pid"], p["running"]) for p in json.loads(text)["processes"]]
+
     answer = h.get_json("/")
     child, worker = answer["pid"], answer["worker"]
     assert procs.alive(worker), answer
+    assert listed() == [(child, True)]
     time.sleep(0.3)  # the worker is in its sleep
     procs.kill([worker], signal.SIGTERM)
     assert not procs.wait_gone([worker], PROMPT), procs.describe([worker])
@@ -108,3 +119,4 @@ def test_forked_worker_does_not_stop_the_relay(module_so, make_httpd):
         "the forked worker logged about a relay it does not have:\n%s" % "\n".join(worker_lines))
     assert procs.alive(child)
     assert procs.thread_names(child).count("amqp-heartbeat") == 1, procs.thread_names(child)
+    assert listed() == [(child, True)], "the worker's exit gave back the child's status slot"
