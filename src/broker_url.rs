@@ -167,6 +167,7 @@ pub fn redact(text: &str) -> String {
         None => (String::new(), text),
     };
     match rest.rfind('@') {
+        None => hide_non_port(&prefix, rest),
         Some(at) => {
             let userinfo = &rest[..at];
             let shown = match userinfo.split_once(':') {
@@ -179,7 +180,31 @@ pub fn redact(text: &str) -> String {
             };
             format!("{prefix}{shown}@{}", &rest[at + 1..])
         }
-        None => text.to_string(),
+    }
+}
+
+/// A URL with no '@' whose authority has a ':' followed by something other
+/// than a port: that is a password (its '@' lost to a space, or written
+/// %40), shown as `***`.
+fn hide_non_port(prefix: &str, rest: &str) -> String {
+    let end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    // An IPv6 host's colons are inside its brackets.
+    let after_host = match authority.rfind(']') {
+        Some(close) => close + 1,
+        None => 0,
+    };
+    match authority[after_host..].find(':') {
+        Some(colon) => {
+            let colon = after_host + colon;
+            let port = &authority[colon + 1..];
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                format!("{prefix}{rest}")
+            } else {
+                format!("{prefix}{}:***{path}", &authority[..colon])
+            }
+        }
+        None => format!("{prefix}{rest}"),
     }
 }
 
@@ -248,7 +273,12 @@ fn check_host(host: &str) -> Result<(), String> {
 
 fn parse_port(text: &str) -> Result<u16, String> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("port '{text}' is not a number"));
+        // Not quoted: without an '@' (a space in an unquoted password
+        // splits the URL there), a password sits where the port goes.
+        return Err(
+            "the text after ':' is not a port number (credentials go before an '@': user:password@host)"
+                .to_string(),
+        );
     }
     match text.parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
@@ -325,7 +355,7 @@ mod tests {
             ("amqp://", "missing host"),
             ("amqp://h:0/", "out of range"),
             ("amqp://h:70000/", "out of range"),
-            ("amqp://h:abc/", "is not a number"),
+            ("amqp://h:abc/", "is not a port number"),
             ("amqp://bad_host/", "not a valid host name"),
             ("amqp://1.2.3.256/", "not a valid IPv4"),
             ("amqp://::1/", "must be written in brackets"),
@@ -369,6 +399,13 @@ mod tests {
             "ftp://nova:Secret@h/",
             "nova:Secret@h",
             "amqp:/nova:Secret@h/",
+            // No '@' at all: httpd split an unquoted password at its space,
+            // or the '@' was written %40; the password sits where the
+            // port goes.
+            "amqp://nova:topSecret",
+            "amqp://nova:Sup3rSecret/",
+            "amqp://nova:Sup3rSecret%40h/",
+            "amqps://nova:Secret/vhost",
         ];
         for text in rejected {
             let err = BrokerUrl::parse(text).unwrap_err();

@@ -36,7 +36,7 @@ BAD = [
     ("ipv6-brackets", B + " amqp://::1/", [B, "brackets"]),
     ("port-0", B + " amqp://h:0/", [B, "port '0' is out of range"]),
     ("port-70000", B + " amqp://h:70000/", [B, "port '70000' is out of range"]),
-    ("port-abc", B + " amqp://h:abc/", [B, "port 'abc' is not a number"]),
+    ("port-abc", B + " amqp://h:abc/", [B, "is not a port number", "amqp://h:***/"]),
     ("second-url-bad", B + " amqp://h/ amqp://h:99999/", [B, "99999"]),
     ("vhosts-differ", B + " amqp://h/nova amqp://h2/", [B, "must name the same vhost", "'nova'"]),
     ("user-percent", B + " amqp://u:p%zz@h/", [B, "bad password"]),
@@ -122,6 +122,10 @@ PASSWORD_CASES = [
     ("slash-and-at-in-password", "amqp://nova:p@ss/Secret@h:99999/"),
     ("not-a-url", "nova:Secret@h"),
     ("vhosts-differ", "amqp://nova:topSecret@h/nova amqp://nova:topSecret@h2/"),
+    # No '@' left: a space in an unquoted password, or an '@' written %40.
+    ("space-in-password", "amqp://nova:top Secret@h/"),
+    ("no-at", "amqp://nova:Sup3rSecret/"),
+    ("encoded-at", "amqp://nova:Sup3rSecret%40h/"),
 ]
 
 
@@ -131,7 +135,7 @@ def test_password_is_not_in_error(module_so, make_httpd, url):
     assert rc != 0, out
     for fragment in ("Secret", "%Se", "ssS"):
         assert fragment not in out, out
-    assert B in out and ("nova:***@" in out or "***@" in out), out
+    assert B in out and "***" in out, out
 
 
 def test_same_env_name_different_brokers_in_two_vhosts(module_so, make_httpd):
