@@ -213,24 +213,18 @@ pub unsafe extern "C" fn amqphb_status_handler(r: *mut request_rec, args: *const
     boundary("status handler", server, 500, || {
         let processes = snapshot();
         let now = unix_ms_now();
-        let format = args
-            .as_deref()
-            .unwrap_or("")
-            .split('&')
-            .next()
-            .unwrap_or("");
-        let (status, content_type, body) = match format {
-            "json" => (200, "application/json", render::json(&processes, now)),
-            "metrics" => (
+        let (status, content_type, body) = match render::format_of(args.as_deref().unwrap_or("")) {
+            render::Format::Json => (200, "application/json", render::json(&processes, now)),
+            render::Format::Metrics => (
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
                 render::metrics(&processes, now),
             ),
-            "health" => match render::health(&processes, now) {
+            render::Format::Health => match render::health(&processes, now) {
                 Ok(text) => (200, "text/plain; charset=utf-8", text),
                 Err(text) => (503, "text/plain; charset=utf-8", text),
             },
-            _ => (
+            render::Format::Html => (
                 200,
                 "text/html; charset=utf-8",
                 render::html(&processes, now),

@@ -122,6 +122,10 @@ def test_metrics_parse_with_the_prometheus_parser(stack):
     _, httpd = stack
     publish(httpd, 1)
     families = {f.name: f for f in text_string_to_metric_families(status(httpd, "metrics"))}
+    # What a scrape config with `params: {metrics: ["1"]}` asks for (a `?`
+    # in metrics_path would be escaped).
+    code, text = httpd.get(STATUS + "?metrics=1")
+    assert code == 200 and text.startswith("# HELP amqp_heartbeat_"), (code, text[:200])
     # The parser drops _total from counter family names.
     for name in ("amqp_heartbeat_connections", "amqp_heartbeat_closes", "amqp_heartbeat_broker_dead",
                  "amqp_heartbeat_connection_bytes", "amqp_heartbeat_healthy", "amqp_heartbeat_relay_up"):

@@ -17,6 +17,39 @@ pub use prometheus::{label_value, metrics};
 use crate::status::layout::CLOSE_CODES;
 use crate::status::view::{ConnectionView, ProcessView};
 
+/// What the status page answers, from its query string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Html,
+    Json,
+    Metrics,
+    Health,
+}
+
+/// The format a query asks for: `?json`, `?metrics`, `?health`, also as a
+/// key with a value (`?metrics=1`: Prometheus escapes a `?` written into
+/// `metrics_path`, so a scrape config passes it in `params:`) or as
+/// `?format=metrics`; the first pair that names one wins; HTML otherwise.
+pub fn format_of(query: &str) -> Format {
+    let named = |name: &str| match name {
+        "json" => Some(Format::Json),
+        "metrics" => Some(Format::Metrics),
+        "health" => Some(Format::Health),
+        _ => None,
+    };
+    query
+        .split('&')
+        .find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if key == "format" {
+                named(value)
+            } else {
+                named(key)
+            }
+        })
+        .unwrap_or(Format::Html)
+}
+
 /// An upstream is not live when nothing came from it for longer than this
 /// many heartbeat intervals. The relay itself ends a silent broker's
 /// connection at 2 (2.5 when quiet, rule R7), so a connection still listed
@@ -142,6 +175,26 @@ pub(super) mod fixture {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_query_names_the_format() {
+        for (query, format) in [
+            ("", Format::Html),
+            ("json", Format::Json),
+            ("metrics", Format::Metrics),
+            ("health", Format::Health),
+            ("metrics=1", Format::Metrics),
+            ("format=json", Format::Json),
+            ("&json", Format::Json),
+            ("refresh=5&health", Format::Health),
+            ("JSON", Format::Html),
+            ("format=xml", Format::Html),
+            ("metricsx", Format::Html),
+        ] {
+            assert_eq!(format_of(query), format, "{query:?}");
+        }
+    }
+
     use super::fixture::{NOW, process};
     use super::*;
 
