@@ -224,20 +224,20 @@ pub(super) unsafe fn start(
     let mut published: HashMap<usize, Vec<(CString, CString)>> = HashMap::new();
     let mut environment: Vec<(String, String)> = Vec::new();
     for relay_server in &servers {
-        let group = match groups
+        let (group, first_on_listener) = match groups
             .iter()
             .position(|g| *g.settings == relay_server.settings)
         {
-            Some(index) => &groups[index],
+            Some(index) => (&groups[index], false),
             None => {
                 groups.push(bind(relay_server));
-                &groups[groups.len() - 1]
+                (&groups[groups.len() - 1], true)
             }
         };
         let Some((_, addr)) = &group.bound else {
             continue;
         };
-        let urls = publish(relay_server, *addr, &mut environment);
+        let urls = publish(relay_server, *addr, first_on_listener, &mut environment);
         published.insert(
             relay_server.server.key(),
             urls.iter()
@@ -346,10 +346,14 @@ fn bind(relay_server: &RelayServer) -> Group {
 }
 
 /// The (NAME, URL) pairs of one server; adds them to the process
-/// environment list unless an earlier server already took the NAME.
+/// environment list unless an earlier server already took the NAME. The
+/// first server on a listener says so at notice; the others sharing it
+/// (thousands of vhosts may inherit one broker) at debug, or every child
+/// start would cost the error log a line per vhost.
 fn publish(
     relay_server: &RelayServer,
     addr: SocketAddr,
+    first_on_listener: bool,
     environment: &mut Vec<(String, String)>,
 ) -> Vec<(String, String)> {
     let Some(first_broker) = relay_server.settings.brokers.first() else {
@@ -373,7 +377,11 @@ fn publish(
         .collect();
     let names: Vec<&str> = urls.iter().map(|(name, _)| name.as_str()).collect();
     relay_server.server.log(
-        APLOG_NOTICE,
+        if first_on_listener {
+            APLOG_NOTICE
+        } else {
+            APLOG_DEBUG
+        },
         &format!(
             "relay listening on {addr} for {} -> {}, published as {}",
             relay_server.description,

@@ -13,6 +13,7 @@ until httpd SIGKILLs it, with or without this module.
 
 import re
 import socket
+import time
 
 import pytest
 
@@ -153,3 +154,25 @@ def test_vhost_without_broker_gets_no_request_env(module_so, make_httpd):
     assert relay["env"]["AMQP_HEARTBEAT_URL"]["os.environ"] == url
     assert plain["env"]["AMQP_HEARTBEAT_URL"]["wsgi"] is None, plain
     assert relay_ports(relay["pid"], h) == [int(URL_RX.match(url).group(1))]
+
+
+def test_many_vhosts_on_one_relay_log_one_notice_per_child(module_so, make_httpd):
+    """Vhosts that inherit the main server's broker share its relay: each
+    child says where that relay listens once at notice, and each vhost's
+    own line goes to debug (thousands of vhosts would otherwise cost the
+    error log a line each at every child start)."""
+    vhosts = "".join(
+        "<VirtualHost 127.0.0.1:@PORT@>\n    ServerName v%d.test\n</VirtualHost>\n" % i for i in range(20))
+    h = make_httpd(broker_line() + vhosts, servers=2).start()
+    children = h.children()
+    assert len(children) == 2, children
+    for pid in children:
+        lines = []
+        for _ in range(50):  # the child's start-up lines are being written
+            lines = h.log_lines(r"relay listening on", pid=pid)
+            if len(lines) >= 21:
+                break
+            time.sleep(0.1)
+        notices = [ln for ln in lines if "[amqp_heartbeat:notice]" in ln]
+        assert len(notices) == 1, "child %d:\n%s" % (pid, "\n".join(lines))
+        assert len(lines) == 21, "child %d: %d lines" % (pid, len(lines))
