@@ -114,7 +114,7 @@ pub fn metrics(processes: &[ProcessView], now_ms: u64) -> String {
         ),
         (
             "amqp_heartbeat_open_connections",
-            "Connections open now.",
+            "Connections open now and listed (at most 64 per process; see amqp_heartbeat_unlisted_connections_total).",
             |p| p.connections.len() as u64,
         ),
     ];
