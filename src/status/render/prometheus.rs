@@ -159,7 +159,15 @@ pub fn metrics(processes: &[ProcessView], now_ms: u64) -> String {
         );
         for (p, pid) in processes.iter().zip(&pids) {
             for (server, port) in &p.listeners {
-                f.sample(name, &[("pid", pid), ("server", server)], port);
+                // Two listeners may serve one ServerName (a :80 and a :443
+                // vhost with different settings): the port keeps their
+                // series apart.
+                let port_label = port.to_string();
+                f.sample(
+                    name,
+                    &[("pid", pid), ("server", server), ("port", &port_label)],
+                    port,
+                );
             }
         }
     }
@@ -329,5 +337,22 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("amqp_heartbeat_"), "{line}");
         }
+    }
+
+    /// Every sample is a series of its own, also when two listeners serve
+    /// one ServerName (a :80 and a :443 vhost with different settings).
+    #[test]
+    fn no_two_samples_share_a_series() {
+        let mut p = process(7, 1_000);
+        p.listeners.push(("www.example.org".to_string(), 41001));
+        let text = metrics(&[p, process(8, 1_000)], NOW);
+        let mut series = std::collections::HashSet::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name_and_labels, _) = line.rsplit_once(' ').unwrap();
+            assert!(series.insert(name_and_labels.to_string()), "twice: {line}");
+        }
+        assert!(text.contains(
+            "amqp_heartbeat_listener_port{pid=\"7\",server=\"www.example.org\",port=\"41001\"} 41001\n"
+        ));
     }
 }
