@@ -128,6 +128,7 @@ fn parallel_trials() -> Vec<(&'static str, TestFn)> {
         bad_input::other_process_is_refused,
         broker_failures::first_broker_unreachable_second_used,
         broker_failures::silent_broker_at_connect_time,
+        hostile_broker::a_broker_that_stalls_in_the_handshake_is_given_up,
         tls::tls_with_test_ca,
         tls::tls_with_wrong_ca_fails_clearly,
     ]

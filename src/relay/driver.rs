@@ -25,7 +25,9 @@ use crate::relay::refusal;
 use crate::relay::session::close_plan::{self, CLOSE_TIMEOUT, Ending};
 use crate::relay::session::events::{Event, Side};
 use crate::relay::session::liveness::HiddenRead;
-use crate::relay::session::{Action, HeaderCheck, Session, SessionConfig, check_protocol_header};
+use crate::relay::session::{
+    self, Action, HeaderCheck, Session, SessionConfig, check_protocol_header,
+};
 use crate::relay::thread_timer::{Alarm, Alarms};
 use crate::relay::upstream::{self, BrokerIo};
 use bytes::{Buf, BufMut, BytesMut};
@@ -154,6 +156,7 @@ pub async fn serve(
         relay_heartbeat: ctx.settings.heartbeat,
         quiet_capable: dialed.plain_fd.is_some(),
         login,
+        handshake_timeout: handshake_timeout(&client),
     };
     // The dial sent the protocol header and read the broker's first frame.
     let session = Session::new(config, Instant::now(), first_bytes, dialed.first_bytes);
@@ -321,6 +324,21 @@ impl Pump {
             }
         }
     }
+}
+
+/// The handshake's bound for a client of this listener: the session's
+/// own, or (feature `test-hooks`) a shorter one a relay test asked for.
+fn handshake_timeout(client: &TcpStream) -> Duration {
+    #[cfg(feature = "test-hooks")]
+    if let Some(shorter) = client
+        .local_addr()
+        .ok()
+        .and_then(|a| crate::relay::test_hooks::handshake_timeout(a.port()))
+    {
+        return shorter;
+    }
+    let _ = client;
+    session::HANDSHAKE_TIMEOUT
 }
 
 /// Read `side` into the session when it wants that side read; Ok(true)

@@ -75,3 +75,101 @@ pub fn garbage_after_a_bad_frame_is_not_buffered(_env: &Env) -> Result<(), Strin
         Ok(())
     })())
 }
+
+/// A broker that stops in the middle of the handshake (Start, then the
+/// client's StartOk, then half a Tune and silence): before TuneOk no
+/// heartbeat rule runs, so only the handshake's own bound (R12) ends the
+/// connection; the client is told why, the broker's socket is closed. The
+/// bound is shortened to 2 s on this listener (test-hooks) instead of 60.
+pub fn a_broker_that_stalls_in_the_handshake_is_given_up(env: &Env) -> Result<(), String> {
+    #[cfg(feature = "test-hooks")]
+    return stalled_handshake(env);
+    #[cfg(not(feature = "test-hooks"))]
+    {
+        let _ = env;
+        Err("the relay tests were built without the test-hooks feature, which shortens the \
+             handshake bound: run them as make test does (cargo test --release --features test-hooks)"
+            .into())
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+fn stalled_handshake(_env: &Env) -> Result<(), String> {
+    use crate::support::amqp::{Ending, method};
+    use amq_protocol::protocol::{AMQPClass, connection};
+    use amq_protocol::types::{FieldTable, LongString};
+    use mod_amqp_heartbeat::relay::test_hooks;
+
+    const BOUND: Duration = Duration::from_secs(2);
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    let url = format!(
+        "amqp://127.0.0.1:{}/",
+        listener.local_addr().map_err(|e| e.to_string())?.port()
+    );
+    let relay = Relay::start(
+        "stalled-handshake",
+        Settings::new(&[&url]).interval(1).build(),
+    )?;
+    test_hooks::shorten_handshake(relay.addr.port(), BOUND);
+    relay.explain((|| {
+        let broker = std::thread::spawn(move || -> Result<(Ending, Instant), String> {
+            let (stream, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+            let mut b = Client::from_stream(stream)?;
+            b.greet_as_broker()?;
+            match b.expect_method(0, Duration::from_secs(5))? {
+                AMQPClass::Connection(connection::AMQPMethod::StartOk(_)) => {}
+                other => return Err(format!("the broker expected StartOk, got {other:?}")),
+            }
+            let tune = method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                    channel_max: 2047,
+                    frame_max: 131_072,
+                    heartbeat: 60,
+                })),
+            );
+            b.send_raw(&tune[..10])?;
+            let ending = b.read_ending(BOUND * 4)?;
+            Ok((ending, Instant::now()))
+        });
+        let mut c = Client::connect(relay.addr)?;
+        c.send_raw(PROTOCOL_HEADER)?;
+        match c.expect_method(0, Duration::from_secs(5))? {
+            AMQPClass::Connection(connection::AMQPMethod::Start(_)) => {}
+            other => return Err(format!("expected Connection.Start, got {other:?}")),
+        }
+        let started = Instant::now();
+        c.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: LongString::from("\0guest\0guest"),
+                locale: "en_US".into(),
+            })),
+        )?;
+        let (code, text) = c.expect_close(BOUND * 4)?;
+        let took = started.elapsed();
+        let (broker_ending, broker_ended) = broker
+            .join()
+            .map_err(|_| "the scripted broker panicked".to_string())??;
+        eprintln!(
+            "stalled handshake: client got Close {code} after {took:.2?}; the broker's socket: {broker_ending:?} {:.2?} after",
+            broker_ended.saturating_duration_since(started)
+        );
+        ensure!(
+            code == 320
+                && text == "relay: AMQP handshake not complete after 2 s (waiting for the broker)",
+            "the client got Close {code} {text:?}"
+        );
+        ensure!(
+            took >= BOUND - Duration::from_millis(100) && took < BOUND * 2,
+            "the relay gave up after {took:.2?} (bound {BOUND:?})"
+        );
+        ensure!(
+            broker_ending == Ending::Eof,
+            "the broker's socket ended with {broker_ending:?}"
+        );
+        Ok(())
+    })())
+}

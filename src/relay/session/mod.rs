@@ -117,6 +117,9 @@ pub struct SessionConfig {
     /// The dialed broker URL's credentials: the relay logs in with them
     /// instead of the client (rule R14).
     pub login: Option<Credentials>,
+    /// The bound on the rest of the handshake (rule R12):
+    /// [`HANDSHAKE_TIMEOUT`], shorter only in the relay's tests.
+    pub handshake_timeout: Duration,
 }
 
 /// What the status page shows of a connection's traffic (src/status/),
@@ -157,8 +160,9 @@ pub struct Session {
     heartbeats_to_broker: u64,
     last_broker_read: Option<Instant>,
     /// The side whose handshake frame is awaited (the one that did not
-    /// send the last): who is blamed if [`HANDSHAKE_TIMEOUT`] passes.
+    /// send the last): who is blamed if the handshake times out.
     handshake_awaits: Side,
+    handshake_timeout: Duration,
 }
 
 impl Session {
@@ -192,6 +196,7 @@ impl Session {
             last_broker_read: None,
             // The broker's Start is in: the client's StartOk is next.
             handshake_awaits: Side::Client,
+            handshake_timeout: config.handshake_timeout,
         }
     }
 
@@ -287,9 +292,9 @@ impl Session {
     /// read into `inbound(Broker)` and report it with
     /// [`Self::after_hidden_read`], using the same `now`.
     pub fn judge_broker(&mut self, now: Instant) -> Result<bool, Ending> {
-        if !self.phase.is_tuned() && now >= self.started + HANDSHAKE_TIMEOUT {
+        if !self.phase.is_tuned() && now >= self.started + self.handshake_timeout {
             return Err(Ending::HandshakeTimedOut {
-                limit: HANDSHAKE_TIMEOUT,
+                limit: self.handshake_timeout,
                 waiting_for: self.handshake_awaits,
             });
         }
@@ -360,7 +365,7 @@ impl Session {
                     self.from_broker.out_is_empty(),
                 );
                 let handshake =
-                    (!self.phase.is_tuned()).then_some(self.started + HANDSHAKE_TIMEOUT);
+                    (!self.phase.is_tuned()).then_some(self.started + self.handshake_timeout);
                 Action::ArmTimer(heartbeats.into_iter().chain(handshake).min())
             }
         }

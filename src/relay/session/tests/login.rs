@@ -31,6 +31,7 @@ fn with_login() -> Sim {
         relay_heartbeat: Duration::from_secs(INTERVAL),
         quiet_capable: true,
         login: Some(Credentials::new("nova", "s3cret")),
+        handshake_timeout: HANDSHAKE_TIMEOUT,
     };
     Sim {
         s: Session::new(config, t0, BytesMut::new(), BytesMut::new()),

@@ -65,6 +65,7 @@ impl Sim {
             relay_heartbeat: Duration::from_secs(INTERVAL),
             quiet_capable,
             login: None,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
         };
         Sim {
             s: Session::new(config, t0, BytesMut::new(), BytesMut::new()),
