@@ -12,19 +12,23 @@
 //! for [`AcceptorLogs::due`] only while something is counted, so an idle
 //! relay never wakes for it.
 
+use crate::relay::session::events::Event;
+use std::fmt;
 use std::time::{Duration, Instant};
 
 pub const INTERVAL: Duration = Duration::from_secs(10);
 
-/// The rate limit of one kind of event.
-pub struct RateLimit {
+/// The rate limit of one kind of event. The last one counted is kept as
+/// it came (`T`) and only turned into text when the count is logged: a
+/// flood costs no formatting per event.
+pub struct RateLimit<T> {
     /// What is counted, plural, for the summary line.
     what: &'static str,
     /// When the current interval started (its first event was logged).
     since: Option<Instant>,
     /// Events after the first in the current interval, not yet logged.
     counted: u64,
-    last: String,
+    last: Option<T>,
 }
 
 /// What to log for one event.
@@ -36,25 +40,26 @@ pub struct Verdict {
     pub log_this: bool,
 }
 
-impl RateLimit {
-    pub fn new(what: &'static str) -> RateLimit {
+impl<T: fmt::Display> RateLimit<T> {
+    pub fn new(what: &'static str) -> RateLimit<T> {
         RateLimit {
             what,
             since: None,
             counted: 0,
-            last: String::new(),
+            last: None,
         }
     }
 
-    /// An event at `now` whose log text is `text`: what to log now.
-    pub fn record(&mut self, now: Instant, text: String) -> Verdict {
+    /// An event at `now` (`event`, which logs as its `Display`): what to
+    /// log now.
+    pub fn record(&mut self, now: Instant, event: T) -> Verdict {
         let summary = self.flush(now);
         let log_this = self.since.is_none();
         if log_this {
             self.since = Some(now);
         } else {
             self.counted += 1;
-            self.last = text;
+            self.last = Some(event);
         }
         Verdict { summary, log_this }
     }
@@ -74,12 +79,13 @@ impl RateLimit {
         }
         self.since = None;
         let counted = std::mem::take(&mut self.counted);
+        let last = self.last.take();
         (counted > 0).then(|| {
+            let last = last.map(|e| e.to_string()).unwrap_or_default();
             format!(
-                "{counted} more {} in {} s; the last: {}",
+                "{counted} more {} in {} s; the last: {last}",
                 self.what,
                 INTERVAL.as_secs(),
-                std::mem::take(&mut self.last)
             )
         })
     }
@@ -93,14 +99,15 @@ pub enum Limited {
     AcceptFailures,
 }
 
-/// The three rate limits of one acceptor.
-pub struct AcceptorLogs {
-    refusals: RateLimit,
-    early_closes: RateLimit,
-    accept_failures: RateLimit,
+/// The three rate limits of one acceptor (of relay events; of text in
+/// the tests).
+pub struct AcceptorLogs<T = Event> {
+    refusals: RateLimit<T>,
+    early_closes: RateLimit<T>,
+    accept_failures: RateLimit<T>,
 }
 
-impl Default for AcceptorLogs {
+impl<T: fmt::Display> Default for AcceptorLogs<T> {
     fn default() -> Self {
         AcceptorLogs {
             refusals: RateLimit::new("refusal(s)"),
@@ -110,8 +117,8 @@ impl Default for AcceptorLogs {
     }
 }
 
-impl AcceptorLogs {
-    pub fn limit(&mut self, kind: Limited) -> &mut RateLimit {
+impl<T: fmt::Display> AcceptorLogs<T> {
+    pub fn limit(&mut self, kind: Limited) -> &mut RateLimit<T> {
         match kind {
             Limited::Refusals => &mut self.refusals,
             Limited::EarlyCloses => &mut self.early_closes,
@@ -147,7 +154,7 @@ mod tests {
     #[test]
     fn a_flood_costs_one_line_per_interval() {
         let t0 = Instant::now();
-        let mut log = RateLimit::new("refusal(s)");
+        let mut log = RateLimit::<String>::new("refusal(s)");
         let logged = |summary: Option<&str>| Verdict {
             summary: summary.map(str::to_string),
             log_this: true,
@@ -179,7 +186,7 @@ mod tests {
     #[test]
     fn a_late_refusal_carries_the_count_it_finds() {
         let t0 = Instant::now();
-        let mut log = RateLimit::new("refusal(s)");
+        let mut log = RateLimit::<String>::new("refusal(s)");
         log.record(t0, "a".into());
         log.record(t0, "b".into());
         // The timer did not run (the acceptor was busy): the next refusal
@@ -198,7 +205,7 @@ mod tests {
     #[test]
     fn kinds_are_limited_apart() {
         let t0 = Instant::now();
-        let mut logs = AcceptorLogs::default();
+        let mut logs = AcceptorLogs::<String>::default();
         assert_eq!(logs.due(), None);
         for i in 0..100u32 {
             let said = logs

@@ -391,7 +391,7 @@ impl Acceptor {
     fn record_limited(&self, logs: &mut AcceptorLogs, kind: Limited, mut event: Event) {
         let said = logs
             .limit(kind)
-            .record(std::time::Instant::now(), event.to_string());
+            .record(std::time::Instant::now(), event.clone());
         if let Some(summary) = said.summary {
             self.log
                 .record(self.index, &Event::Counted { of: kind, summary });
