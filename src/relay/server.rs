@@ -686,7 +686,15 @@ print(resets)
         let addr = listener.listener.local_addr().unwrap();
         let relay = Running::start(listener);
         let collect = Arc::clone(&relay.log);
-        // The relay has opened what it keeps open (its peer check's).
+        // The table is filled only once the acceptor runs and has opened
+        // what it keeps open (its peer check's): opened later, those would
+        // take the slots the test frees for the queued client (seen in CI,
+        // where the relay's thread started late on a loaded machine).
+        let probe = std::net::TcpStream::connect(addr).unwrap();
+        let probe_end = probe.local_addr().unwrap().to_string();
+        drop(probe);
+        collect.wait_for(&probe_end, Duration::from_secs(30));
+        // Its connection's sockets are closed just after the event.
         std::thread::sleep(Duration::from_millis(200));
         let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let some_socket = std::net::TcpStream::connect(elsewhere.local_addr().unwrap()).unwrap();
