@@ -106,13 +106,11 @@ mod tests {
             })
         };
         entered.recv().unwrap();
-        let started = Instant::now();
         assert!(gate.close(Duration::from_secs(5)));
         assert!(
             finished.load(Ordering::SeqCst),
             "close returned while a log call was running"
         );
-        assert!(started.elapsed() >= Duration::from_millis(100));
         assert!(logger.join().unwrap());
         assert!(!gate.pass(|| panic!("a closed gate let a log call in")));
     }

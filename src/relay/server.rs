@@ -691,11 +691,15 @@ print(resets)
         // take the slots the test frees for the queued client (seen in CI,
         // where the relay's thread started late on a loaded machine).
         let probe = std::net::TcpStream::connect(addr).unwrap();
-        let probe_end = probe.local_addr().unwrap().to_string();
+        let probe_end = probe.local_addr().unwrap();
         drop(probe);
-        collect.wait_for(&probe_end, Duration::from_secs(30));
-        // Its connection's sockets are closed just after the event.
-        std::thread::sleep(Duration::from_millis(200));
+        collect.wait_for(&probe_end.to_string(), Duration::from_secs(30));
+        // The relay's side of the probe is closed just after the event.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while crate::relay::test_support::open_socket_with_peer(probe_end) {
+            assert!(std::time::Instant::now() < deadline, "the probe stays open");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let some_socket = std::net::TcpStream::connect(elsewhere.local_addr().unwrap()).unwrap();
         let mut filler = crate::relay::test_support::fill_descriptor_table(&some_socket, 0);
