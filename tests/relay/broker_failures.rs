@@ -77,16 +77,18 @@ pub fn frozen_then_killed_broker(env: &Env) -> Result<(), String> {
         node.kill()?;
         let killed = Instant::now();
         let (code, text) = c2
-            .expect_close(Duration::from_secs(3))
+            .expect_close(Duration::from_secs(6))
             .map_err(|e| format!("killed broker: {e}"))?;
         let took = killed.elapsed();
         ensure!(
             code == 320,
             "killed broker: Connection.Close {code} '{text}', expected 320"
         );
+        // Seen on the socket's end, not by heartbeats (2 x INTERVAL at the
+        // earliest); the rest is room for a loaded machine.
         ensure!(
-            took <= Duration::from_secs(1),
-            "killed broker: Connection.Close 320 came after {took:.2?}, bound 1 s"
+            took <= Duration::from_secs(3),
+            "killed broker: Connection.Close 320 came after {took:.2?}, bound 3 s"
         );
         eprintln!("killed broker: Close 320 after {took:.2?}: {text}");
         let ending = c2.read_ending(Duration::from_secs(3))?;
@@ -118,13 +120,15 @@ pub fn first_broker_unreachable_second_used(env: &Env) -> Result<(), String> {
         let took = started.elapsed();
         let line = relay
             .log
-            .wait_for(&["relayed to", "broker 2 of 2"], Duration::from_secs(2))?;
+            .wait_for(&["relayed to", "broker 2 of 2"], Duration::from_secs(5))?;
         ensure!(
             line.contains(&node.amqp_port.to_string()),
             "relayed to the wrong broker: {line}"
         );
+        // A refused port fails at once: no connect timeout (10 s by
+        // default) is waited; the rest is room for a loaded machine.
         ensure!(
-            took < Duration::from_secs(3),
+            took < Duration::from_secs(5),
             "failing over took {took:.2?}"
         );
         c.confirm_select(1)?;
@@ -148,7 +152,9 @@ pub fn silent_broker_at_connect_time(env: &Env) -> Result<(), String> {
         "amqp://127.0.0.1:{}/",
         silent.local_addr().map_err(|e| e.to_string())?.port()
     );
-    let bound = Duration::from_secs(CONNECT_TIMEOUT + 1);
+    // The connect timeout, and room for a loaded machine's wake-ups and
+    // the second broker's Start (well under the handshake bound, 60 s).
+    let bound = Duration::from_secs(CONNECT_TIMEOUT + 3);
 
     let alone = Relay::start(
         "silent-broker",
@@ -169,7 +175,7 @@ pub fn silent_broker_at_connect_time(env: &Env) -> Result<(), String> {
         ensure!(
             told.contains("reply_code: 320") && told.contains("relay: no broker reachable") && took <= bound,
             "only broker silent after TCP connect: the client got '{told}' after {took:.2?} \
-             (expected Close 320 naming the reason within AMQPHeartbeatConnectTimeout {CONNECT_TIMEOUT}s + 1s)"
+             (expected Close 320 naming the reason within AMQPHeartbeatConnectTimeout {CONNECT_TIMEOUT}s + 3s)"
         );
         Ok(())
     })())?;

@@ -80,7 +80,7 @@ pub fn broker_close_is_forwarded(env: &Env) -> Result<(), String> {
         );
         let entry = node.wait_log_entry(
             &["127.0.0.1:", &format!("{upstream} ->"), "channel_error"],
-            Duration::from_secs(5),
+            Duration::from_secs(20),
         )?;
         ensure!(
             !entry.contains("unexpectedly closed"),
@@ -166,6 +166,8 @@ pub fn stop_closes_every_upstream(env: &Env) -> Result<(), String> {
     explain(setup)?;
     std::thread::sleep(Duration::from_millis(200));
 
+    // The module's own bound (R13), kept here although a loaded machine
+    // leaves it little room: the shared broker answers a CloseOk in ms.
     let grace = Duration::from_millis(900);
     let started = Instant::now();
     let outcome = relay.stop(grace);
@@ -176,7 +178,8 @@ pub fn stop_closes_every_upstream(env: &Env) -> Result<(), String> {
             "stop({grace:?}) returned {outcome:?} after {took:.2?}"
         );
         ensure!(
-            took <= grace + Duration::from_millis(100),
+            // The join after the thread's last word: room for a wake-up.
+            took <= grace + Duration::from_millis(300),
             "stop({grace:?}) took {took:.2?}"
         );
         let tuned = clients.len() - 1;

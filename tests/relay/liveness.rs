@@ -311,7 +311,7 @@ pub fn slow_dials_do_not_delay_other_connections(env: &Env) -> Result<(), String
         c.publish_confirmed(1, "nowhere", b"while dials hang")?;
         let rtt = sent.elapsed();
         ensure!(
-            rtt < Duration::from_millis(500),
+            rtt < Duration::from_secs(1),
             "a publish round trip took {rtt:.2?} while dials hung"
         );
         ensure!(

@@ -22,8 +22,11 @@ use std::time::{Duration, Instant};
 
 const INTERVAL: u16 = 2;
 const HALF: Duration = Duration::from_millis(500 * INTERVAL as u64);
-/// How long an answer may take (the relay answers in well under 1 ms).
-const ANSWER_WINDOW: Duration = Duration::from_millis(300);
+/// How long an answer may take: the relay answers in well under 1 ms, but
+/// on a loaded machine (CI, with RabbitMQ nodes booting beside) a thread
+/// can wait hundreds of ms for a core. Under HALF, so an answer is never
+/// taken for the next heartbeat's.
+const ANSWER_WINDOW: Duration = Duration::from_millis(700 * INTERVAL as u64 / 2);
 
 /// Heartbeats the scripted broker sent and whether the relay answered each.
 struct Script {
@@ -133,7 +136,7 @@ pub fn hidden_heartbeat_counts_before_the_verdict(_env: &Env) -> Result<(), Stri
         );
 
         let interval = Duration::from_secs(u64::from(INTERVAL));
-        let (code, text) = c.expect_close(interval * 4)?;
+        let (code, text) = c.expect_close(interval * 5)?;
         let after = script.last_sent.elapsed();
         ensure!(
             code == 320 && text.contains("missed heartbeats"),
@@ -150,7 +153,9 @@ pub fn hidden_heartbeat_counts_before_the_verdict(_env: &Env) -> Result<(), Stri
             "the relay declared the broker dead {after:.2?} after its last heartbeat, under 2.25 x {INTERVAL}s: \
              it did not read the heartbeat that waited under the low-water mark before its verdict"
         );
-        let bound = interval * 5 / 2 + Duration::from_secs(1);
+        // 2.75 x interval is a right answer; the rest is room for a loaded
+        // machine's wake-ups (the relay's timer, its Close, this thread).
+        let bound = interval * 11 / 4 + Duration::from_secs(2);
         ensure!(
             after <= bound,
             "the relay declared the broker dead only {after:.2?} after its last heartbeat (bound {bound:?})"

@@ -252,7 +252,7 @@ impl Node {
                 "closing AMQP connection",
                 &format!("127.0.0.1:{peer_port} ->"),
             ],
-            Duration::from_secs(5),
+            Duration::from_secs(20),
         )?;
         if entry.contains("unexpectedly closed") {
             return Err(format!(
