@@ -3,7 +3,9 @@
 # AMQP_HEARTBEAT_URL. JSON out: pid, the connection's local port (the
 # relay's "client port"), how many messages went out, or the error.
 # Query: n=N messages (default 0: only make sure the connection is open),
-# sleep=SECONDS afterwards (keeps this child busy).
+# sleep=SECONDS afterwards (keeps this child busy); hold=PATH creates PATH
+# once the connection is open, then keeps the child busy until the test
+# removes PATH (at most 60 s): a test knows the request is in a child.
 import json
 import os
 import time
@@ -45,6 +47,12 @@ def application(environ, start_response):
         _conn.clear()
         body["error"] = repr(e)
     time.sleep(float(q.get("sleep", ["0"])[0]))
+    hold = q.get("hold", [None])[0]
+    if hold:
+        open(hold, "w").close()
+        until = time.monotonic() + 60
+        while os.path.exists(hold) and time.monotonic() < until:
+            time.sleep(0.05)
     data = (json.dumps(body) + "\n").encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
     return [data]
