@@ -14,6 +14,7 @@ The fixture runs `make deb` (unless AMQPHB_DEB names a .deb): about 3 minutes th
 nothing changed (cargo's cache in target/deb/ is kept between builds).
 """
 
+import fcntl
 import os
 import re
 import shutil
@@ -52,6 +53,10 @@ STATE = [STATE_DIR + d + "/" + MODULE
 # Every path the package or its scripts may create (restored at the end).
 SAVED = [MODULE_SO] + CONFFILES + [ENABLED + MODULE + ".load", ENABLED + MODULE + ".conf"] + STATE
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
+# flock()ed while the package is on the system: the directory it installs
+# into, so that no lock file is left behind (dpkg and apt lock files of
+# their own, with fcntl locks, which do not meet flock's).
+SYSTEM_LOCK = "/usr/lib/apache2/modules"
 SYSTEM_PIDFILE = "/var/run/apache2/apache2.pid"
 TMP = os.path.join(os.environ.get("AMQPHB_TMP") or os.path.join(REPO, "tmp"), "deb-%d" % os.getpid())
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "DEBIAN_FRONTEND": "noninteractive"}
@@ -154,7 +159,27 @@ def deb():
 def system(deb):
     """Saves what the package touches, installs a recording policy-rc.d,
     and at the end removes the package and restores everything. Yields the
-    path of the policy log (one line per invoke-rc.d request)."""
+    path of the policy log (one line per invoke-rc.d request). Another
+    test run on this machine (a second clone's `make test`) waits for this
+    one's clean-up: both would install and purge the same package."""
+    lock = os.open(SYSTEM_LOCK, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    deadline = time.monotonic() + 1200
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(lock)
+                pytest.fail("another test run held %s for 20 minutes" % SYSTEM_LOCK, pytrace=False)
+            time.sleep(1)
+    try:
+        yield from _system_held()
+    finally:
+        os.close(lock)
+
+
+def _system_held():
     status = package_status()
     if status.startswith("install ok installed") or "config-files" in status:
         pytest.fail("%s is already on this machine (%s): the test installs and purges it; "
