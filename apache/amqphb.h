@@ -41,6 +41,7 @@ typedef const char *amqphb_directive_fn(cmd_parms *cmd, unsigned directive_index
                                         int argc, const char *const argv[]);
 typedef int amqphb_check_config_fn(server_rec *s);
 typedef void amqphb_child_init_fn(apr_pool_t *pchild, server_rec *s);
+typedef void amqphb_child_stopping_fn(apr_pool_t *pchild, int graceful);
 typedef int amqphb_fixups_fn(request_rec *r);
 typedef int amqphb_post_config_fn(server_rec *s, int hard_limit);
 typedef int amqphb_status_handler_fn(request_rec *r, const char *args);
@@ -51,6 +52,7 @@ amqphb_directive_fn amqphb_directive;
 amqphb_check_config_fn amqphb_check_config;
 amqphb_child_init_fn amqphb_child_init;
 amqphb_child_init_fn amqphb_child_init_last;
+amqphb_child_stopping_fn amqphb_child_stopping;
 amqphb_fixups_fn amqphb_fixups;
 amqphb_post_config_fn amqphb_post_config;
 amqphb_status_handler_fn amqphb_status_handler;

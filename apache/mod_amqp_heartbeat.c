@@ -15,6 +15,7 @@
 #include "http_request.h"
 #include "http_protocol.h"
 #include "ap_mpm.h"
+#include "mpm_common.h"
 #include "apr_hooks.h"
 #include "apr_optional_hooks.h"
 #include "apr_strings.h"
@@ -203,6 +204,13 @@ static int amqphb_status_hook(request_rec *r, int flags)
     return amqphb_status_summary(r, (flags & AP_STATUS_SHORT) != 0);
 }
 
+#if AP_MODULE_MAGIC_AT_LEAST(20120211, 110)
+static void amqphb_child_stopping_hook(apr_pool_t *pchild, int graceful)
+{
+    amqphb_child_stopping(pchild, graceful);
+}
+#endif
+
 static void amqphb_register_hooks(apr_pool_t *p)
 {
     (void)p;
@@ -227,6 +235,13 @@ static void amqphb_register_hooks(apr_pool_t *p)
      * module (mod_wsgi) tears down its interpreters. */
     ap_hook_child_init(amqphb_child_init_last, NULL, NULL, APR_HOOK_REALLY_LAST);
     ap_hook_fixups(amqphb_fixups, NULL, NULL, APR_HOOK_MIDDLE);
+#if AP_MODULE_MAGIC_AT_LEAST(20120211, 110)
+    /* httpd 2.4.49+: on an ungraceful stop, the event and worker MPMs run
+     * child_stopping before they join their worker threads; the relay
+     * closes its connections then, so a request waiting on the broker
+     * ends instead of holding its thread until httpd's SIGKILL. */
+    ap_hook_child_stopping(amqphb_child_stopping_hook, NULL, NULL, APR_HOOK_MIDDLE);
+#endif
 }
 
 module AP_MODULE_DECLARE_DATA amqp_heartbeat_module = {

@@ -96,15 +96,20 @@ impl RelayThread {
         })
     }
 
+    /// A handle that starts this thread's stop without waiting for it.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            shutdown: self.shutdown.clone(),
+            held: self.held,
+        }
+    }
+
     /// Close every relayed connection (Connection.Close upstream) and stop
-    /// the thread, waiting at most `grace`. From then on the ports refuse
-    /// connections and stay bound until the process exits.
+    /// the thread, waiting at most `grace`. From the start of the stop the
+    /// ports refuse connections; they stay bound until the process exits.
     pub fn stop(mut self, grace: Duration) -> StopOutcome {
-        // The relay uses most of the grace period for closing handshakes and
-        // keeps a margin for its own exit.
-        self.shutdown.trigger(grace.mul_f32(0.8));
+        self.stop_handle().begin(grace);
         let finished = self.finished.recv_timeout(grace);
-        self.held.refuse();
         match finished {
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Some(t) = self.thread.take() {
@@ -114,6 +119,31 @@ impl RelayThread {
             }
             Err(mpsc::RecvTimeoutError::Timeout) => StopOutcome::TimedOut,
         }
+    }
+}
+
+/// Starts a [`RelayThread`]'s stop from elsewhere, without waiting for it:
+/// httpd's child_stopping, which an MPM with worker threads runs before it
+/// joins them. [`RelayThread::stop`] still waits for the thread.
+#[derive(Clone)]
+pub struct StopHandle {
+    shutdown: Shutdown,
+    held: HeldPorts,
+}
+
+impl StopHandle {
+    /// Close every relayed connection (Connection.Close 320 to the client,
+    /// Connection.Close upstream) within `grace`, and refuse new ones at
+    /// once: an app that reconnects is told no at once, rather than left
+    /// waiting in the backlog of a relay that no longer accepts. Calling it
+    /// again changes nothing.
+    pub fn begin(&self, grace: Duration) {
+        if !self.shutdown.is_triggered() {
+            // The relay uses most of the grace period for closing
+            // handshakes and keeps a margin for its own exit.
+            self.shutdown.trigger(grace.mul_f32(0.8));
+        }
+        self.held.refuse();
     }
 }
 

@@ -15,7 +15,7 @@ use super::wsgi_routing::{Routing, config_tree, noted_daemon_group};
 use crate::config::{EnvExport, RelaySettings, published_url};
 use crate::log_gate::LogGate;
 use crate::relay::{EventLog, Level, RelayListener};
-use crate::relay_thread::{RelayThread, StopOutcome};
+use crate::relay_thread::{RelayThread, StopHandle, StopOutcome};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, c_int};
 use std::net::SocketAddr;
@@ -47,6 +47,42 @@ static ENVIRONMENT: OnceLock<Vec<(String, String)>> = OnceLock::new();
 /// The started relay, from the first child_init to the last one, which
 /// hands it to the child pool (or from [`start`] to the daemon entry).
 static STARTED: Mutex<Option<ChildRelay>> = Mutex::new(None);
+
+/// How this process's relay is stopped early (see
+/// [`amqphb_child_stopping`]), with the pid that started it (a process
+/// forked from the child without exec has no relay thread to stop) and
+/// the main server, to log to.
+static EARLY_STOP: OnceLock<(u32, StopHandle, Server)> = OnceLock::new();
+
+/// `child_stopping` (httpd 2.4.49 and later): the MPM is about to stop
+/// this child. On an ungraceful stop (`apachectl -k stop`, `-k restart`),
+/// the event and worker MPMs close their clients' connections and then
+/// join the worker threads; a request waiting on the broker (a stalled
+/// node, a slow confirm) would keep its thread until the app's own socket
+/// timeout, past httpd's patience: SIGKILL at 9 s, with no Connection.Close
+/// upstream. So the relay closes every relayed connection now, which
+/// tells the app why (Close 320 "httpd child is exiting") and ends the
+/// wait; the pool cleanup still waits for the thread as before. On a
+/// graceful stop, requests in flight keep their connections.
+///
+/// # Safety
+/// `_pchild` is NULL or the child's live pool (unused).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn amqphb_child_stopping(_pchild: *mut apr_pool_t, graceful: c_int) {
+    let Some(&(pid, ref handle, main)) = EARLY_STOP.get() else {
+        return;
+    };
+    boundary("child_stopping", main, (), || {
+        if graceful != 0 || pid != std::process::id() {
+            return;
+        }
+        handle.begin(STOP_GRACE);
+        main.log(
+            APLOG_INFO,
+            "child stopping (not gracefully): relayed connections closed now, so requests waiting on the broker end before httpd joins its workers",
+        );
+    });
+}
 
 /// `child_init`, registered APR_HOOK_REALLY_FIRST: runs in the new child,
 /// after it dropped privileges and before it serves (or starts worker
@@ -289,6 +325,7 @@ pub(super) unsafe fn start(
     match RelayThread::start(listeners, log) {
         Ok(thread) => {
             main.log(APLOG_INFO, &format!("relay thread started ({count} listener(s))"));
+            let _ = EARLY_STOP.set((std::process::id(), thread.stop_handle(), main));
             let relay = ChildRelay {
                 thread: Some(thread),
                 pid: std::process::id(),

@@ -6,9 +6,10 @@
 
 use super::bindings::{
     amqp_heartbeat_daemon_start_fn, amqp_heartbeat_daemon_stop_fn, amqphb_check_config_fn,
-    amqphb_child_init_fn, amqphb_create_server_config_fn, amqphb_directive_fn,
-    amqphb_directive_index as index, amqphb_fixups_fn, amqphb_merge_server_config_fn,
-    amqphb_post_config_fn, amqphb_status_handler_fn, amqphb_status_summary_fn,
+    amqphb_child_init_fn, amqphb_child_stopping_fn, amqphb_create_server_config_fn,
+    amqphb_directive_fn, amqphb_directive_index as index, amqphb_fixups_fn,
+    amqphb_merge_server_config_fn, amqphb_post_config_fn, amqphb_status_handler_fn,
+    amqphb_status_summary_fn,
 };
 use super::{check, child, daemon, server_config, status};
 use crate::config::Directive;
@@ -19,6 +20,7 @@ const _: amqphb_directive_fn = Some(server_config::amqphb_directive);
 const _: amqphb_check_config_fn = Some(check::amqphb_check_config);
 const _: amqphb_child_init_fn = Some(child::amqphb_child_init);
 const _: amqphb_child_init_fn = Some(child::amqphb_child_init_last);
+const _: amqphb_child_stopping_fn = Some(child::amqphb_child_stopping);
 const _: amqphb_fixups_fn = Some(child::amqphb_fixups);
 const _: amqphb_post_config_fn = Some(status::amqphb_post_config);
 const _: amqphb_status_handler_fn = Some(status::amqphb_status_handler);

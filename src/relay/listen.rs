@@ -16,10 +16,9 @@
 //!   other socket can share the port, listening or not.
 //! - [`refuse_from_now`] stops listening (shutdown(SHUT_RD) on a listening
 //!   socket): connects get a reset (ECONNREFUSED) and the port stays bound.
-//! - [`HeldPorts`] keeps a duplicate of each listening socket, so whatever
-//!   happens to the relay's own descriptors, the socket outlives it; its
-//!   [`HeldPorts::refuse`] leaves the descriptors open until the process
-//!   exits.
+//! - [`HeldPorts`] keeps a duplicate of each listening socket, never
+//!   closed, so whatever happens to the relay's own descriptors, the
+//!   socket outlives it until the process exits.
 
 use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, getsockname, listen, setsockopt,
@@ -27,7 +26,7 @@ use nix::sys::socket::{
 };
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 /// How many fresh ports [`bind_loopback`] tries before it gives up.
 const BIND_ATTEMPTS: usize = 16;
@@ -103,23 +102,26 @@ pub fn refuse_from_now(listener: &impl AsFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Duplicates of the relay's listening sockets, kept apart from the relay.
-pub struct HeldPorts(Vec<TcpListener>);
+/// Duplicates of the relay's listening sockets, kept apart from the relay
+/// and never closed: the ports stay bound until the process exits (a
+/// process forked from this one holds them too), whatever the relay does.
+#[derive(Clone, Copy)]
+pub struct HeldPorts(&'static [TcpListener]);
 
 impl HeldPorts {
     pub fn hold(listeners: &[&TcpListener]) -> io::Result<HeldPorts> {
         let copies: io::Result<Vec<TcpListener>> =
             listeners.iter().map(|l| l.try_clone()).collect();
-        Ok(HeldPorts(copies?))
+        // Leaked on purpose: a few descriptors per process, for its life.
+        Ok(HeldPorts(Box::leak(copies?.into_boxed_slice())))
     }
 
-    /// The relay is not running any more: refuse connects, and keep the
-    /// ports bound until the process exits (the descriptors are never
-    /// closed; a process forked from this one holds them too).
+    /// The relay is stopping or not running any more: refuse connects from
+    /// now on (and reset those queued); the ports stay bound. Again is
+    /// harmless.
     pub fn refuse(self) {
         for listener in self.0 {
-            let _ = refuse_from_now(&listener);
-            let _ = listener.into_raw_fd();
+            let _ = refuse_from_now(listener);
         }
     }
 }

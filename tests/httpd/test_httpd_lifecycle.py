@@ -3,9 +3,12 @@ thread or process is left, the parent never gets a thread, and the error log
 shows each child's relay thread stopping cleanly."""
 
 import json
+import os
 import re
 import signal
 import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -80,6 +83,46 @@ def test_stop(module_so, make_httpd, mpm, group):
     assert not [p for p in children + [parent] if procs.alive(p)]
     assert procs.leftovers(h.conf_path) == []
     assert_clean_stop_logged(h, children)
+
+
+@pytest.mark.parametrize("mpm", ["event", "worker"])
+def test_stop_ends_a_request_waiting_on_a_stalled_broker(module_so, make_httpd, make_rabbit, mpm):
+    """`apache2 -k stop` under a threaded MPM closes the clients' sockets,
+    then joins the worker threads. A request waiting on a frozen broker
+    (py-amqp awaits its reply with no timeout) held its thread until
+    httpd's SIGKILL at 9 s, and no Connection.Close went upstream. The
+    relay now closes its connections on child_stopping: the app is told
+    why (Close 320), a reconnect is refused, and the child exits within
+    the relay's bound."""
+    node = make_rabbit()
+    body = ("AMQPHeartbeatBroker amqp://guest:guest@127.0.0.1:%d/\n" % node.amqp_port
+            + wsgi_body(app="publisher.wsgi", mount="/app", group="%{GLOBAL}"))
+    h = make_httpd(body, mpm=mpm, wsgi=True, servers=1).start()
+    child = h.get_json("/app")["pid"]  # its connection is open
+    waiting = os.path.join(h.data_dir, "waiting")
+    node.sigstop()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            # Fails when the stop closes its HTTP connection: expected.
+            pool.submit(h.get, "/app?wait=" + urllib.parse.quote(waiting), timeout=60)
+            deadline = time.monotonic() + 15
+            while not os.path.exists(waiting):
+                assert time.monotonic() < deadline, "the request never reached the app\n" + h.error_log_tail()
+                time.sleep(0.05)
+            time.sleep(0.5)  # its declare is out, the reply awaited
+            report = h.stop(strict=False)
+    finally:
+        node.sigcont()
+    with open(waiting) as f:
+        outcome = f.read()
+    killed = h.log_lines(r"still did not exit|SIGKILL")
+    assert report["killed"] == [] and not killed and report["seconds"] < PROMPT, (
+        report, killed, h.error_log_tail())
+    assert "320" in outcome and "httpd child is exiting" in outcome, outcome
+    # An app that reconnects is told no at once, not left in the backlog of
+    # a relay that no longer accepts.
+    assert "reconnect: ConnectionRefusedError" in outcome, outcome
+    assert_clean_stop_logged(h, [child])
 
 
 def test_graceful_stop(module_so, make_httpd):

@@ -6,8 +6,13 @@
 # sleep=SECONDS afterwards (keeps this child busy); hold=PATH creates PATH
 # once the connection is open, then keeps the child busy until the test
 # removes PATH (at most 60 s): a test knows the request is in a child.
+# wait=PATH instead waits on the broker: it creates PATH, then declares the
+# queue (the reply is awaited with no timeout of py-amqp's) and writes what
+# happened into PATH ("ok", or the error as py-amqp raised it), then how a
+# new TCP connect to the relay went ("; reconnect: ok" or the error).
 import json
 import os
+import socket
 import time
 import urllib.parse
 
@@ -47,6 +52,22 @@ def application(environ, start_response):
         _conn.clear()
         body["error"] = repr(e)
     time.sleep(float(q.get("sleep", ["0"])[0]))
+    wait = q.get("wait", [None])[0]
+    if wait:
+        open(wait, "w").close()
+        try:
+            _conn["ch"].queue_declare(QUEUE, passive=True)
+            outcome = "ok"
+        except Exception as e:
+            outcome = repr(e)
+        url = urllib.parse.urlsplit(os.environ["AMQP_HEARTBEAT_URL"])
+        try:
+            socket.create_connection((url.hostname, url.port), timeout=5).close()
+            outcome += "; reconnect: ok"
+        except Exception as e:
+            outcome += "; reconnect: " + repr(e)
+        with open(wait, "w") as f:
+            f.write(outcome)
     hold = q.get("hold", [None])[0]
     if hold:
         open(hold, "w").close()
