@@ -207,6 +207,14 @@ static int amqphb_status_hook(request_rec *r, int flags)
 #if AP_MODULE_MAGIC_AT_LEAST(20120211, 110)
 static void amqphb_child_stopping_hook(apr_pool_t *pchild, int graceful)
 {
+    int threaded = AP_MPMQ_NOT_SUPPORTED;
+    /* prefork (single-threaded) has no workers to join: its child exits
+     * at once, through the pool cleanup, and some versions pass
+     * graceful=0 for every exit, some from its SIGTERM handler. */
+    if (ap_mpm_query(AP_MPMQ_IS_THREADED, &threaded) != APR_SUCCESS
+        || threaded == AP_MPMQ_NOT_SUPPORTED) {
+        return;
+    }
     amqphb_child_stopping(pchild, graceful);
 }
 #endif
@@ -238,8 +246,8 @@ static void amqphb_register_hooks(apr_pool_t *p)
 #if AP_MODULE_MAGIC_AT_LEAST(20120211, 110)
     /* httpd 2.4.49+: on an ungraceful stop, the event and worker MPMs run
      * child_stopping before they join their worker threads; the relay
-     * closes its connections then, so a request waiting on the broker
-     * ends instead of holding its thread until httpd's SIGKILL. */
+     * closes its connections shortly after, so a request waiting on the
+     * broker ends instead of holding its thread until httpd's SIGKILL. */
     ap_hook_child_stopping(amqphb_child_stopping_hook, NULL, NULL, APR_HOOK_MIDDLE);
 #endif
 }

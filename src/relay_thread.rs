@@ -87,7 +87,10 @@ impl RelayThread {
                 return Err(format!("cannot start the relay thread: {e}"));
             }
         };
-        restored.map_err(|e| format!("cannot restore the signal mask: {e}"))?;
+        if let Err(e) = restored {
+            held.refuse();
+            return Err(format!("cannot restore the signal mask: {e}"));
+        }
         Ok(RelayThread {
             shutdown,
             finished,
@@ -145,7 +148,30 @@ impl StopHandle {
         }
         self.held.refuse();
     }
+
+    /// [`begin`](Self::begin) once `hold` has passed, on a thread of its
+    /// own, unless the stop began meanwhile; at once when no thread can be
+    /// had. Nothing else happens on that thread (no log: the process may
+    /// be taking its pools apart by then).
+    pub fn begin_after(&self, hold: Duration, grace: Duration) {
+        let handle = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("amqphb-stop".to_string())
+            // Given, so that std does not read RUST_MIN_STACK from an
+            // environment the app's threads may be changing.
+            .stack_size(TIMER_STACK)
+            .spawn(move || {
+                std::thread::sleep(hold);
+                handle.begin(grace);
+            });
+        if spawned.is_err() {
+            self.begin(grace);
+        }
+    }
 }
+
+/// The stack of [`StopHandle::begin_after`]'s thread, which only sleeps.
+const TIMER_STACK: usize = 64 * 1024;
 
 /// The signature of [`server::run`]; a parameter so the restart logic can
 /// be tested with a relay that panics.

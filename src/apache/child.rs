@@ -26,6 +26,12 @@ use std::time::Duration;
 /// (the child's whole exit must stay under a second).
 const STOP_GRACE: Duration = Duration::from_millis(900);
 
+/// How long requests keep their relayed connections once httpd stops a
+/// child ungracefully (see [`amqphb_child_stopping`]): time to finish a
+/// publish and its confirm, as a mod_wsgi daemon's running requests get,
+/// and well inside httpd's SIGKILL at 9 s.
+const UNGRACEFUL_HOLD: Duration = Duration::from_secs(2);
+
 /// How long a timed-out stop waits for a relay log call in progress before
 /// the child goes on freeing its pools (a log line takes microseconds; a
 /// piped error log whose reader stalls could take longer).
@@ -54,16 +60,19 @@ static STARTED: Mutex<Option<ChildRelay>> = Mutex::new(None);
 /// the main server, to log to.
 static EARLY_STOP: OnceLock<(u32, StopHandle, Server)> = OnceLock::new();
 
-/// `child_stopping` (httpd 2.4.49 and later): the MPM is about to stop
-/// this child. On an ungraceful stop (`apachectl -k stop`, `-k restart`),
-/// the event and worker MPMs close their clients' connections and then
-/// join the worker threads; a request waiting on the broker (a stalled
-/// node, a slow confirm) would keep its thread until the app's own socket
-/// timeout, past httpd's patience: SIGKILL at 9 s, with no Connection.Close
-/// upstream. So the relay closes every relayed connection now, which
-/// tells the app why (Close 320 "httpd child is exiting") and ends the
-/// wait; the pool cleanup still waits for the thread as before. On a
-/// graceful stop, requests in flight keep their connections.
+/// `child_stopping` (httpd 2.4.49 and later; the shim calls it under the
+/// threaded MPMs only): the MPM is about to stop this child. On an
+/// ungraceful stop (`apachectl -k stop`, `-k restart`), event and worker
+/// close their clients' HTTP connections and then join the worker
+/// threads, whatever those are doing; a request waiting on the broker (a
+/// stalled node) would keep its thread until the app's own socket timeout,
+/// past httpd's patience: SIGKILL at 9 s, with no Connection.Close
+/// upstream. So after UNGRACEFUL_HOLD (requests that are only busy finish
+/// their AMQP work meanwhile) the relay closes every relayed connection,
+/// which tells the app why (Close 320 "httpd child is exiting") and ends
+/// the wait, and refuses new ones. The pool cleanup still stops the relay
+/// at once when the workers are joined sooner, and waits for the thread as
+/// before. On a graceful stop requests keep their connections.
 ///
 /// # Safety
 /// `_pchild` is NULL or the child's live pool (unused).
@@ -76,10 +85,13 @@ pub unsafe extern "C" fn amqphb_child_stopping(_pchild: *mut apr_pool_t, gracefu
         if graceful != 0 || pid != std::process::id() {
             return;
         }
-        handle.begin(STOP_GRACE);
+        handle.begin_after(UNGRACEFUL_HOLD, STOP_GRACE);
         main.log(
             APLOG_INFO,
-            "child stopping (not gracefully): relayed connections closed now, so requests waiting on the broker end before httpd joins its workers",
+            &format!(
+                "child stopping (not gracefully): relayed connections close in {} s unless the requests end sooner",
+                UNGRACEFUL_HOLD.as_secs()
+            ),
         );
     });
 }
@@ -325,7 +337,15 @@ pub(super) unsafe fn start(
     match RelayThread::start(listeners, log) {
         Ok(thread) => {
             main.log(APLOG_INFO, &format!("relay thread started ({count} listener(s))"));
-            let _ = EARLY_STOP.set((std::process::id(), thread.stop_handle(), main));
+            if EARLY_STOP
+                .set((std::process::id(), thread.stop_handle(), main))
+                .is_err()
+            {
+                main.log(
+                    APLOG_WARNING,
+                    "a second relay started in this process; an ungraceful stop closes only the first one's connections early",
+                );
+            }
             let relay = ChildRelay {
                 thread: Some(thread),
                 pid: std::process::id(),

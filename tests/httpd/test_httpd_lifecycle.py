@@ -91,9 +91,8 @@ def test_stop_ends_a_request_waiting_on_a_stalled_broker(module_so, make_httpd, 
     then joins the worker threads. A request waiting on a frozen broker
     (py-amqp awaits its reply with no timeout) held its thread until
     httpd's SIGKILL at 9 s, and no Connection.Close went upstream. The
-    relay now closes its connections on child_stopping: the app is told
-    why (Close 320), a reconnect is refused, and the child exits within
-    the relay's bound."""
+    relay now closes its connections 2 s after child_stopping: the app is
+    told why (Close 320), a reconnect is refused, and the child exits."""
     node = make_rabbit()
     body = ("AMQPHeartbeatBroker amqp://guest:guest@127.0.0.1:%d/\n" % node.amqp_port
             + wsgi_body(app="publisher.wsgi", mount="/app", group="%{GLOBAL}"))
@@ -122,6 +121,32 @@ def test_stop_ends_a_request_waiting_on_a_stalled_broker(module_so, make_httpd, 
     # An app that reconnects is told no at once, not left in the backlog of
     # a relay that no longer accepts.
     assert "reconnect: ConnectionRefusedError" in outcome, outcome
+    assert_clean_stop_logged(h, [child])
+
+
+def test_stop_lets_a_busy_request_finish_its_amqp_work(module_so, make_httpd, make_rabbit):
+    """The other side of the test above: a request that is only busy when
+    `-k stop` comes (here 1 s of work before its declare) still has its
+    relayed connection for the first 2 s, as it had before the relay
+    closed connections early; the broker answers its declare."""
+    node = make_rabbit()
+    body = ("AMQPHeartbeatBroker amqp://guest:guest@127.0.0.1:%d/\n" % node.amqp_port
+            + wsgi_body(app="publisher.wsgi", mount="/app", group="%{GLOBAL}"))
+    h = make_httpd(body, mpm="event", wsgi=True, servers=1).start()
+    child = h.get_json("/app")["pid"]  # its connection is open
+    started, waiting = (os.path.join(h.data_dir, f) for f in ("started", "waiting"))
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(h.get, "/app?mark=%s&sleep=1&wait=%s" % (urllib.parse.quote(started),
+                                                            urllib.parse.quote(waiting)), timeout=60)
+        deadline = time.monotonic() + 15
+        while not os.path.exists(started):
+            assert time.monotonic() < deadline, "the request never reached the app\n" + h.error_log_tail()
+            time.sleep(0.05)
+        report = h.stop(strict=False)
+    with open(waiting) as f:
+        outcome = f.read()
+    assert outcome.startswith("ok;"), outcome
+    assert report["killed"] == [] and report["seconds"] < PROMPT, (report, h.error_log_tail())
     assert_clean_stop_logged(h, [child])
 
 

@@ -10,6 +10,7 @@
 # queue (the reply is awaited with no timeout of py-amqp's) and writes what
 # happened into PATH ("ok", or the error as py-amqp raised it), then how a
 # new TCP connect to the relay went ("; reconnect: ok" or the error).
+# mark=PATH creates PATH first of all (the request is in a child).
 import json
 import os
 import socket
@@ -41,6 +42,9 @@ def _connection():
 
 def application(environ, start_response):
     q = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    mark = q.get("mark", [None])[0]
+    if mark:
+        open(mark, "w").close()
     n = int(q.get("n", ["0"])[0])
     body = {"pid": os.getpid()}
     try:
