@@ -126,7 +126,7 @@ def test_stop_ends_a_request_waiting_on_a_stalled_broker(module_so, make_httpd, 
 
 def test_stop_lets_a_busy_request_finish_its_amqp_work(module_so, make_httpd, make_rabbit):
     """The other side of the test above: a request that is only busy when
-    `-k stop` comes (here 1 s of work before its declare) still has its
+    `-k stop` comes (here 0.5 s of work before its declare) still has its
     relayed connection for the first 2 s, as it had before the relay
     closed connections early; the broker answers its declare."""
     node = make_rabbit()
@@ -136,7 +136,7 @@ def test_stop_lets_a_busy_request_finish_its_amqp_work(module_so, make_httpd, ma
     child = h.get_json("/app")["pid"]  # its connection is open
     started, waiting = (os.path.join(h.data_dir, f) for f in ("started", "waiting"))
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(h.get, "/app?mark=%s&sleep=1&wait=%s" % (urllib.parse.quote(started),
+        pool.submit(h.get, "/app?mark=%s&sleep=0.5&wait=%s" % (urllib.parse.quote(started),
                                                             urllib.parse.quote(waiting)), timeout=60)
         deadline = time.monotonic() + 15
         while not os.path.exists(started):
