@@ -694,12 +694,15 @@ print(resets)
         let probe_end = probe.local_addr().unwrap();
         drop(probe);
         collect.wait_for(&probe_end.to_string(), Duration::from_secs(30));
-        // The relay's side of the probe is closed just after the event.
+        // The relay's side of the probe (its address is the listener's, its
+        // peer the probe's) is closed just after the event.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while crate::relay::test_support::open_socket_with_peer(probe_end) {
+        let mut walk = peer::PeerCheck::without_sock_diag();
+        while walk.holder(addr, probe_end).unwrap() == peer::Holder::ThisProcess {
             assert!(std::time::Instant::now() < deadline, "the probe stays open");
             std::thread::sleep(Duration::from_millis(10));
         }
+        drop(walk);
         let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let some_socket = std::net::TcpStream::connect(elsewhere.local_addr().unwrap()).unwrap();
         let mut filler = crate::relay::test_support::fill_descriptor_table(&some_socket, 0);

@@ -86,17 +86,3 @@ pub fn fill_descriptor_table(fd: &std::net::TcpStream, spare: u64) -> Vec<std::n
     }
     filler
 }
-
-/// True while a descriptor of this process is a socket connected to `peer`.
-pub fn open_socket_with_peer(peer: std::net::SocketAddr) -> bool {
-    use nix::sys::socket::{SockaddrStorage, getpeername};
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .any(|fd| {
-            getpeername::<SockaddrStorage>(fd)
-                .ok()
-                .and_then(|a| Some(std::net::SocketAddr::from(a.as_sockaddr_in()?.to_owned())))
-                == Some(peer)
-        })
-}

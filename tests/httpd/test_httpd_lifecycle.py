@@ -85,6 +85,24 @@ def test_stop(module_so, make_httpd, mpm, group):
     assert_clean_stop_logged(h, children)
 
 
+def start_publisher(make_httpd, make_rabbit, mpm):
+    """A RabbitMQ node of the test's own and one httpd child serving
+    publisher.wsgi at /app, its connection open: (node, httpd, child pid)."""
+    node = make_rabbit()
+    body = ("AMQPHeartbeatBroker amqp://guest:guest@127.0.0.1:%d/\n" % node.amqp_port
+            + wsgi_body(app="publisher.wsgi", mount="/app", group="%{GLOBAL}"))
+    h = make_httpd(body, mpm=mpm, wsgi=True, servers=1).start()
+    return node, h, h.get_json("/app")["pid"]
+
+
+def wait_in_app(h, path, timeout=15.0):
+    """Until the app created `path`: the request is in the child."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, "the request never reached the app\n" + h.error_log_tail()
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("mpm", ["event", "worker"])
 def test_stop_ends_a_request_waiting_on_a_stalled_broker(module_so, make_httpd, make_rabbit, mpm):
     """`apache2 -k stop` under a threaded MPM closes the clients' sockets,
@@ -93,21 +111,14 @@ def test_stop_ends_a_request_waiting_on_a_stalled_broker(module_so, make_httpd, 
     httpd's SIGKILL at 9 s, and no Connection.Close went upstream. The
     relay now closes its connections 2 s after child_stopping: the app is
     told why (Close 320), a reconnect is refused, and the child exits."""
-    node = make_rabbit()
-    body = ("AMQPHeartbeatBroker amqp://guest:guest@127.0.0.1:%d/\n" % node.amqp_port
-            + wsgi_body(app="publisher.wsgi", mount="/app", group="%{GLOBAL}"))
-    h = make_httpd(body, mpm=mpm, wsgi=True, servers=1).start()
-    child = h.get_json("/app")["pid"]  # its connection is open
+    node, h, child = start_publisher(make_httpd, make_rabbit, mpm)
     waiting = os.path.join(h.data_dir, "waiting")
     node.sigstop()
     try:
         with ThreadPoolExecutor(1) as pool:
             # Fails when the stop closes its HTTP connection: expected.
             pool.submit(h.get, "/app?wait=" + urllib.parse.quote(waiting), timeout=60)
-            deadline = time.monotonic() + 15
-            while not os.path.exists(waiting):
-                assert time.monotonic() < deadline, "the request never reached the app\n" + h.error_log_tail()
-                time.sleep(0.05)
+            wait_in_app(h, waiting)
             time.sleep(0.5)  # its declare is out, the reply awaited
             report = h.stop(strict=False)
     finally:
@@ -129,19 +140,12 @@ def test_stop_lets_a_busy_request_finish_its_amqp_work(module_so, make_httpd, ma
     `-k stop` comes (here 0.5 s of work before its declare) still has its
     relayed connection for the first 2 s, as it had before the relay
     closed connections early; the broker answers its declare."""
-    node = make_rabbit()
-    body = ("AMQPHeartbeatBroker amqp://guest:guest@127.0.0.1:%d/\n" % node.amqp_port
-            + wsgi_body(app="publisher.wsgi", mount="/app", group="%{GLOBAL}"))
-    h = make_httpd(body, mpm="event", wsgi=True, servers=1).start()
-    child = h.get_json("/app")["pid"]  # its connection is open
+    _, h, child = start_publisher(make_httpd, make_rabbit, "event")
     started, waiting = (os.path.join(h.data_dir, f) for f in ("started", "waiting"))
     with ThreadPoolExecutor(1) as pool:
         pool.submit(h.get, "/app?mark=%s&sleep=0.5&wait=%s" % (urllib.parse.quote(started),
                                                             urllib.parse.quote(waiting)), timeout=60)
-        deadline = time.monotonic() + 15
-        while not os.path.exists(started):
-            assert time.monotonic() < deadline, "the request never reached the app\n" + h.error_log_tail()
-            time.sleep(0.05)
+        wait_in_app(h, started)
         report = h.stop(strict=False)
     with open(waiting) as f:
         outcome = f.read()
