@@ -268,7 +268,7 @@ mod tests {
         let (_server_side, peer) = listener.accept().unwrap();
         let mut with = PeerCheck::new();
         let mut without = PeerCheck::without_sock_diag();
-        let _filler = crate::relay::test_support::fill_descriptor_table(&client, 16);
+        let _full = crate::relay::test_support::fill_descriptor_table(&client, 16);
         assert!(TcpStream::connect(relay).is_err(), "the table is not full");
         assert_eq!(with.holder(peer, relay).unwrap(), Holder::ThisProcess);
         assert_eq!(without.holder(peer, relay).unwrap(), Holder::ThisProcess);

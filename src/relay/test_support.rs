@@ -72,17 +72,49 @@ pub fn run_alone(name: &str) {
     );
 }
 
+/// This process's descriptor table, kept full by `fill_descriptor_table`;
+/// dropping it closes the filler and puts the process's limit back.
+pub struct FullTable {
+    filler: Vec<std::net::TcpStream>,
+    soft: u64,
+    hard: u64,
+}
+
+impl FullTable {
+    /// Free one descriptor (for a client to connect with).
+    pub fn free_one(&mut self) {
+        assert!(self.filler.pop().is_some(), "the table was full already");
+    }
+}
+
+impl Drop for FullTable {
+    /// The limit goes back too: it bounds descriptor numbers, not their
+    /// count, so closing the filler alone frees as many descriptors as the
+    /// filler took, which depends on what the process inherited (a test
+    /// harness's stray descriptor above the limit takes no slot below it).
+    /// Without a stray one, the queued client took the only slot freed and
+    /// the relay never had one to accept it: a CI failure twice.
+    fn drop(&mut self) {
+        self.filler.clear();
+        let _ = nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            self.soft,
+            self.hard,
+        );
+    }
+}
+
 /// Lower this process's RLIMIT_NOFILE to what is open now plus `spare`,
-/// then take descriptors (duplicates of `fd`) until none is left: what a
-/// flood does to a child near its limit. Returns the duplicates.
-pub fn fill_descriptor_table(fd: &std::net::TcpStream, spare: u64) -> Vec<std::net::TcpStream> {
+/// then take descriptors (duplicates of `fd`) until none is left below it:
+/// what a flood does to a child near its limit.
+pub fn fill_descriptor_table(fd: &std::net::TcpStream, spare: u64) -> FullTable {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, open + spare, hard).unwrap();
     let mut filler = Vec::new();
     while let Ok(dup) = fd.try_clone() {
         filler.push(dup);
     }
-    filler
+    FullTable { filler, soft, hard }
 }
