@@ -83,7 +83,10 @@ pub struct FullTable {
 impl FullTable {
     /// Free one descriptor (for a client to connect with).
     pub fn free_one(&mut self) {
-        assert!(self.filler.pop().is_some(), "the table was full already");
+        assert!(
+            self.filler.pop().is_some(),
+            "nothing was filled: no descriptor was free below the limit"
+        );
     }
 }
 
