@@ -682,6 +682,7 @@ print(resets)
     #[test]
     #[ignore = "run in a process of its own by accept_failures_are_logged_once"]
     fn accept_failures_with_no_free_descriptor() {
+        use crate::relay::frame::PROTOCOL_HEADER;
         use std::io::Write;
         // Generous: none of this is a timing claim.
         const LIMIT: Duration = Duration::from_secs(30);
@@ -693,12 +694,11 @@ print(resets)
         // The table is filled only once the acceptor runs and has opened
         // what it keeps open (its peer check's): opened later, those would
         // take the slots the test frees for the queued client (shown with
-        // the acceptor's start delayed 400 ms). The
-        // probe is relayed, not closed early: that keeps the early-close
-        // log limit unused, so whatever the relay makes of the queued
-        // client below is logged.
+        // the acceptor's start delayed 400 ms). The probe is relayed, not
+        // closed early: that keeps the early-close log limit unused, so
+        // whatever the relay makes of the queued client below is logged.
         let mut probe = std::net::TcpStream::connect(addr).unwrap();
-        probe.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+        probe.write_all(&PROTOCOL_HEADER).unwrap();
         let probe_end = probe.local_addr().unwrap();
         collect.wait_for(&relayed(probe_end), LIMIT);
         drop(probe);
@@ -732,7 +732,7 @@ print(resets)
         assert_eq!(failures, 1, "{:?}", collect.messages());
         // Descriptors are free again.
         drop(full);
-        queued.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+        queued.write_all(&PROTOCOL_HEADER).unwrap();
         let client = queued.local_addr().unwrap();
         // Relayed (its dial to port 1 fails), not taken for a client that
         // went.
